@@ -1,0 +1,61 @@
+# The two set-up commands of the README, and the developer targets around them.
+#   make demo   installs what is missing, builds, fetches the model, runs the main job
+#   make test   installs what is missing, builds, runs every test through ctest
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+JOBS       ?= 2
+CMAKE_ARGS ?=
+MODEL      ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+HEADWISE   := $(BUILD)/launcher/headwise
+
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+
+.PHONY: all deps pyenv model build build-asan test test-asan demo bench format format-check clean
+
+all: build
+
+deps:
+	@scripts/install-deps
+
+pyenv:
+	@scripts/python-env
+
+model:
+	@scripts/fetch-model
+
+$(BUILD)/build.ninja:
+	cmake -S . -B $(BUILD) -G Ninja $(CMAKE_ARGS)
+
+build: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j$(JOBS)
+
+$(ASAN_BUILD)/build.ninja:
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DHEADWISE_SANITIZE=ON -DHEADWISE_CUDA=OFF $(CMAKE_ARGS)
+
+build-asan: deps $(ASAN_BUILD)/build.ninja
+	cmake --build $(ASAN_BUILD) -j$(JOBS)
+
+test: build model pyenv
+	ctest --test-dir $(BUILD) --output-on-failure -j$(JOBS)
+
+# Unit and MPI tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+test-asan: build-asan model
+	ASAN_OPTIONS=detect_leaks=0 ctest --test-dir $(ASAN_BUILD) --output-on-failure -j$(JOBS) -LE 'oracle|cuda'
+
+demo: build model
+	$(HEADWISE) inspect $(MODEL)
+
+bench: build
+	@echo "benchmarks arrive with the model-inference issue (see docs/PERF.md)"
+
+CXX_SOURCES = $(shell git ls-files '*.cc' '*.h' '*.cu' '*.cuh')
+
+format:
+	clang-format -i $(CXX_SOURCES)
+
+format-check:
+	clang-format --dry-run -Werror $(CXX_SOURCES)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,0 +1,26 @@
+# Decides whether the CUDA parts are built. AUTO enables them whenever nvcc is
+# found (in /usr/local/cuda or on PATH); a GPU is never needed to build.
+set(HEADWISE_CUDA_ENABLED OFF)
+set(HEADWISE_CUDA_LANGUAGE "")
+if(NOT HEADWISE_CUDA STREQUAL "OFF")
+  if(NOT CMAKE_CUDA_COMPILER)
+    find_program(HEADWISE_NVCC nvcc HINTS /usr/local/cuda/bin ENV CUDA_HOME PATH_SUFFIXES bin)
+    if(HEADWISE_NVCC)
+      set(CMAKE_CUDA_COMPILER "${HEADWISE_NVCC}")
+    endif()
+  endif()
+  if(CMAKE_CUDA_COMPILER)
+    set(HEADWISE_CUDA_ENABLED ON)
+    set(HEADWISE_CUDA_LANGUAGE CUDA)
+    # 90 = sm_90 SASS plus compute_90 PTX for later GPUs.
+    if(NOT CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES 90)
+    endif()
+    set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
+    set(CMAKE_CUDA_STANDARD 17)  # CMake 3.25 has no CUDA20 flags for nvcc
+  elseif(HEADWISE_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "HEADWISE_CUDA=ON but nvcc was not found (looked in /usr/local/cuda/bin and PATH)")
+  else()
+    message(STATUS "headwise: nvcc not found, building the CPU-only tree")
+  endif()
+endif()

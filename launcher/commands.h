@@ -1,0 +1,17 @@
+// Subcommands of the `headwise` executable. Each Register* function adds its
+// subcommand and options to `app` and, when that subcommand is chosen, sets
+// `run` to the function main() calls after parsing; it returns the exit code.
+#pragma once
+
+#include <functional>
+
+#include "CLI/CLI.hpp"
+
+namespace headwise::launcher {
+
+using CommandRunner = std::function<int()>;
+
+void RegisterInspectCommand(CLI::App& app, CommandRunner& run);
+void RegisterGenerateCommand(CLI::App& app, CommandRunner& run);
+
+}  // namespace headwise::launcher

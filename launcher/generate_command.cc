@@ -1,0 +1,221 @@
+// `headwise generate`: one prompt, generated locally on the cpu device with the
+// exact policy, streamed to stdout; throughput to stderr; optional stats JSON.
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "cluster/world.h"
+#include "launcher/commands.h"
+#include "launcher/options.h"
+#include "nlohmann/json.hpp"
+#include "runtime/common/thread_pool.h"
+#include "runtime/engine/generator.h"
+#include "runtime/model/chat_template.h"
+#include "runtime/model/llama.h"
+#include "runtime/model/tokenizer.h"
+
+namespace headwise::launcher {
+namespace {
+
+struct GenerateFlags {
+  std::string model;
+  std::string prompt;
+  std::string prompt_file;
+  std::string system;
+  int32_t n = 128;
+  bool chat = false;
+  float temp = 0.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  float repeat_penalty = 1.0f;
+  uint64_t seed = 0;
+  std::vector<std::string> stop;
+  bool ignore_eos = false;
+  int32_t threads = 0;
+  int32_t kv_block = 256;
+  std::string kv_dtype = "f32";
+  int32_t prefill_chunk = 4096;
+  std::string stats_json;
+  std::string dump_logits;
+};
+
+int Fail(const absl::Status& status) {
+  std::cerr << "headwise generate: " << status.message() << "\n";
+  return 1;
+}
+
+absl::Status WriteStats(const std::string& path, const GenerateFlags& flags,
+                        const model::LlamaModel& llm, const engine::GenerateResult& result) {
+  const cluster::LaunchInfo launch = cluster::DetectLaunch();
+  nlohmann::json stats = {
+      {"model", flags.model},
+      {"architecture", llm.info().architecture},
+      {"prompt_tokens", result.prompt_token_ids.size()},
+      {"prompt_token_ids", result.prompt_token_ids},
+      {"generated_token_ids", result.generated_token_ids},
+      {"text", result.text},
+      {"finish_reason", result.finish_reason == engine::FinishReason::kStop ? "stop" : "length"},
+      {"prefill_seconds", result.prefill_seconds},
+      {"decode_seconds", result.decode_seconds},
+      {"prefill_tokens_per_s", result.prefill_tokens_per_s()},
+      {"decode_tokens_per_s", result.decode_tokens_per_s()},
+      {"policy", "exact"},
+      {"device", "cpu"},
+      {"kv_dtype", flags.kv_dtype},
+      {"kv_block", flags.kv_block},
+      {"ranks",
+       {{{"rank", 0},
+         {"hostname", launch.hostname},
+         {"tiers", {{"host", {{"peak_bytes", result.kv_bytes}, {"budget_bytes", nullptr}}}}},
+         {"bytes_sent", 0},
+         {"bytes_received", 0}}}},
+  };
+  std::ofstream out(path);
+  out << stats.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  if (!out) return absl::UnavailableError("cannot write stats to " + path);
+  return absl::OkStatus();
+}
+
+int RunGenerate(const GenerateFlags& flags) {
+  std::optional<kernels::KvDtype> kv_dtype = kernels::ParseKvDtype(flags.kv_dtype);
+  if (!kv_dtype) {
+    return Fail(absl::InvalidArgumentError("--kv-dtype must be f32, f16 or bf16, got '" +
+                                           flags.kv_dtype + "'"));
+  }
+  std::string prompt = flags.prompt;
+  if (!flags.prompt_file.empty()) {
+    std::ifstream in(flags.prompt_file, std::ios::binary);
+    if (!in) return Fail(absl::NotFoundError("cannot read prompt file " + flags.prompt_file));
+    std::ostringstream text;
+    text << in.rdbuf();
+    prompt = text.str();
+  }
+
+  runtime::ThreadPool pool(flags.threads);
+  absl::StatusOr<std::unique_ptr<model::LlamaModel>> llm =
+      model::LlamaModel::Load(flags.model, &pool);
+  if (!llm.ok()) return Fail(llm.status());
+  absl::StatusOr<model::Tokenizer> tokenizer = model::Tokenizer::FromGguf((*llm)->file());
+  if (!tokenizer.ok()) return Fail(tokenizer.status());
+
+  if (flags.chat) {
+    absl::StatusOr<std::string> chat_template = (*llm)->file().GetString("tokenizer.chat_template");
+    if (!chat_template.ok()) {
+      return Fail(absl::InvalidArgumentError(
+          "--chat needs a chat template, and the model has no tokenizer.chat_template"));
+    }
+    std::vector<model::ChatMessage> messages;
+    if (!flags.system.empty()) messages.push_back({"system", flags.system});
+    messages.push_back({"user", prompt});
+    absl::StatusOr<std::string> templated =
+        model::ApplyChatTemplate(*chat_template, messages, true);
+    if (!templated.ok()) return Fail(templated.status());
+    prompt = *templated;
+  }
+  const std::vector<int32_t> ids = tokenizer->Encode(prompt, /*add_special=*/true,
+                                                     /*parse_special=*/true);
+
+  engine::GenerateOptions options;
+  options.max_tokens = flags.n;
+  options.sampling.temperature = flags.temp;
+  options.sampling.top_k = flags.top_k;
+  options.sampling.top_p = flags.top_p;
+  options.sampling.min_p = flags.min_p;
+  options.sampling.repetition_penalty = flags.repeat_penalty;
+  options.sampling.seed = flags.seed;
+  options.stop = flags.stop;
+  options.ignore_eos = flags.ignore_eos;
+  options.prefill_chunk = flags.prefill_chunk;
+  options.kv_block = flags.kv_block;
+  options.kv_dtype = *kv_dtype;
+  options.keep_prompt_logits = !flags.dump_logits.empty();
+
+  absl::StatusOr<engine::GenerateResult> result =
+      engine::Generate(**llm, *tokenizer, ids, options,
+                       [](std::string_view text) { std::cout << text << std::flush; });
+  std::cout << "\n" << std::flush;
+  if (!result.ok()) return Fail(result.status());
+
+  std::fprintf(stderr,
+               "prefill: %zu tokens in %.2f s (%.1f tok/s) | decode: %zu tokens in %.2f s "
+               "(%.1f tok/s)\n",
+               result->prompt_token_ids.size(), result->prefill_seconds,
+               result->prefill_tokens_per_s(), result->generated_token_ids.size(),
+               result->decode_seconds, result->decode_tokens_per_s());
+  if (!flags.stats_json.empty()) {
+    if (absl::Status s = WriteStats(flags.stats_json, flags, **llm, *result); !s.ok())
+      return Fail(s);
+  }
+  if (!flags.dump_logits.empty()) {
+    std::ofstream out(flags.dump_logits, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(result->prompt_logits.data()),
+              static_cast<std::streamsize>(result->prompt_logits.size() * sizeof(float)));
+    if (!out) return Fail(absl::UnavailableError("cannot write logits to " + flags.dump_logits));
+  }
+  return 0;
+}
+
+}  // namespace
+
+void RegisterGenerateCommand(CLI::App& app, CommandRunner& run) {
+  auto flags = std::make_shared<GenerateFlags>();
+  CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt (local, cpu device)");
+  AddModelOption(*cmd, flags->model);
+  auto* prompt = cmd->add_option("-p,--prompt", flags->prompt, "Prompt text");
+  auto* file = cmd->add_option("-f,--file", flags->prompt_file, "Read the prompt from a file");
+  prompt->excludes(file);
+  cmd->add_option("-n,--max-tokens", flags->n, "Tokens to generate")
+      ->envname(EnvTwin("max-tokens"))
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--chat", flags->chat, "Wrap the prompt in the model's chat template");
+  cmd->add_option("--system", flags->system, "System message for --chat");
+  cmd->add_option("--temp", flags->temp, "Sampling temperature; 0 is greedy")
+      ->envname(EnvTwin("temp"))
+      ->capture_default_str();
+  cmd->add_option("--top-k", flags->top_k, "Keep the k most likely tokens (0: off)")
+      ->envname(EnvTwin("top-k"))
+      ->capture_default_str();
+  cmd->add_option("--top-p", flags->top_p, "Nucleus sampling mass (1: off)")
+      ->envname(EnvTwin("top-p"))
+      ->capture_default_str();
+  cmd->add_option("--min-p", flags->min_p, "Drop tokens below min-p x the top probability")
+      ->envname(EnvTwin("min-p"))
+      ->capture_default_str();
+  cmd->add_option("--repeat-penalty", flags->repeat_penalty, "Repetition penalty (1: off)")
+      ->envname(EnvTwin("repeat-penalty"))
+      ->capture_default_str();
+  cmd->add_option("--seed", flags->seed, "Sampling seed")
+      ->envname(EnvTwin("seed"))
+      ->capture_default_str();
+  cmd->add_option("--stop", flags->stop, "Stop string (repeatable)");
+  cmd->add_flag("--ignore-eos", flags->ignore_eos, "Keep generating past end-of-generation tokens");
+  cmd->add_option("--threads", flags->threads, "CPU threads (0: all cores)")
+      ->envname(EnvTwin("threads"))
+      ->capture_default_str();
+  cmd->add_option("--kv-block", flags->kv_block, "Tokens per KV block")
+      ->envname(EnvTwin("kv-block"))
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--kv-dtype", flags->kv_dtype, "KV cache dtype: f32, f16 or bf16")
+      ->envname(EnvTwin("kv-dtype"))
+      ->capture_default_str();
+  cmd->add_option("--prefill-chunk", flags->prefill_chunk, "Prompt tokens per prefill step")
+      ->envname(EnvTwin("prefill-chunk"))
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--stats-json", flags->stats_json, "Write run statistics as JSON to this file")
+      ->envname(EnvTwin("stats-json"));
+  cmd->add_option("--dump-logits", flags->dump_logits,
+                  "Write the logits after the last prompt token (raw float32) to this file");
+  cmd->callback([flags, prompt, file, &run] {
+    if (prompt->count() == 0 && file->count() == 0) {
+      throw CLI::RequiredError("-p/--prompt or -f/--file");
+    }
+    run = [flags] { return RunGenerate(*flags); };
+  });
+}
+
+}  // namespace headwise::launcher

@@ -1,0 +1,146 @@
+// Prefill runs the prompt in chunks of options.prefill_chunk tokens (so
+// activations stay bounded whatever the prompt length); decode feeds one
+// token at a time. Stop strings are matched on the decoded text; text that
+// could still grow into a stop string is held back until it cannot.
+#include "runtime/engine/generator.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+
+namespace headwise::engine {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+// Length of the longest suffix of `text` that is a proper prefix of a stop string.
+size_t HeldBack(std::string_view text, const std::vector<std::string>& stop) {
+  size_t held = 0;
+  for (const std::string& s : stop) {
+    for (size_t len = std::min(s.size() - 1, text.size()); len > held; --len) {
+      if (text.substr(text.size() - len) == std::string_view(s).substr(0, len)) {
+        held = len;
+        break;
+      }
+    }
+  }
+  return held;
+}
+
+}  // namespace
+
+double GenerateResult::prefill_tokens_per_s() const {
+  return prefill_seconds > 0 ? prompt_token_ids.size() / prefill_seconds : 0.0;
+}
+
+double GenerateResult::decode_tokens_per_s() const {
+  // The first generated token comes from the prefill's logits; decode
+  // forwards are the remaining ones.
+  const size_t decoded = generated_token_ids.empty() ? 0 : generated_token_ids.size() - 1;
+  return decode_seconds > 0 ? decoded / decode_seconds : 0.0;
+}
+
+absl::StatusOr<GenerateResult> Generate(model::LlamaModel& llm, const model::Tokenizer& tokenizer,
+                                        std::span<const int32_t> prompt,
+                                        const GenerateOptions& options,
+                                        const TextCallback& on_text) {
+  if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  if (options.max_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max tokens must be >= 0, got ", options.max_tokens));
+  }
+  if (options.prefill_chunk < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prefill chunk must be >= 1 token, got ", options.prefill_chunk));
+  }
+  if (options.kv_block < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv block must be >= 1 token, got ", options.kv_block));
+  }
+  for (const std::string& s : options.stop) {
+    if (s.empty()) return absl::InvalidArgumentError("stop strings must not be empty");
+  }
+  if (absl::Status status = model::ValidateSamplingParams(options.sampling); !status.ok()) {
+    return status;
+  }
+  const int64_t context = llm.info().context_length;
+  const int64_t needed = static_cast<int64_t>(prompt.size()) + options.max_tokens;
+  if (context > 0 && needed > context) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt of ", prompt.size(), " tokens plus ", options.max_tokens,
+                     " new tokens exceeds the model's context length of ", context, " tokens"));
+  }
+
+  GenerateResult result;
+  result.prompt_token_ids.assign(prompt.begin(), prompt.end());
+  kv::KvCache cache(llm.KvGeometryFor(options.kv_block, options.kv_dtype));
+  std::vector<float> logits;
+
+  const Clock::time_point prefill_start = Clock::now();
+  for (size_t begin = 0; begin < prompt.size(); begin += options.prefill_chunk) {
+    const size_t n = std::min<size_t>(options.prefill_chunk, prompt.size() - begin);
+    const bool last = begin + n == prompt.size();
+    absl::Status status = llm.Forward(prompt.subspan(begin, n), cache, last ? &logits : nullptr);
+    if (!status.ok()) return status;
+  }
+  result.prefill_seconds = Seconds(prefill_start);
+  if (options.keep_prompt_logits) result.prompt_logits = logits;
+
+  model::Sampler sampler(options.sampling);
+  model::StreamingDecoder decoder(tokenizer);
+  std::vector<int32_t> history = result.prompt_token_ids;
+  // Decoded text not yet passed on. Held-back text is the longest suffix that
+  // is a proper prefix of a stop string, so a stop string can only ever
+  // complete inside `pending`, never straddle text already emitted.
+  std::string pending;
+  auto emit = [&](size_t n) {
+    if (n == 0) return;
+    if (on_text) on_text(std::string_view(pending).substr(0, n));
+    result.text.append(pending, 0, n);
+    pending.erase(0, n);
+  };
+  auto hit_stop = [&] {
+    size_t at = std::string::npos;
+    for (const std::string& s : options.stop) at = std::min(at, pending.find(s));
+    if (at == std::string::npos) return false;
+    pending.resize(at);
+    emit(at);
+    result.finish_reason = FinishReason::kStop;
+    return true;
+  };
+
+  result.finish_reason = FinishReason::kLength;
+  bool stopped = false;
+  const Clock::time_point decode_start = Clock::now();
+  for (int32_t i = 0; i < options.max_tokens && !stopped; ++i) {
+    if (i > 0) {
+      absl::Status status =
+          llm.Forward(std::span<const int32_t>(&history.back(), 1), cache, &logits);
+      if (!status.ok()) return status;
+    }
+    const int32_t token = sampler.Sample(logits, history);
+    history.push_back(token);
+    if (!options.ignore_eos && tokenizer.IsEog(token)) {
+      result.finish_reason = FinishReason::kStop;
+      break;
+    }
+    result.generated_token_ids.push_back(token);
+    pending += decoder.Push(token);
+    stopped = hit_stop();
+    if (!stopped) emit(pending.size() - HeldBack(pending, options.stop));
+  }
+  if (!stopped) {
+    pending += decoder.Flush();
+    if (!hit_stop()) emit(pending.size());
+  }
+  result.decode_seconds = Seconds(decode_start);
+  result.kv_bytes = cache.allocated_bytes();
+  return result;
+}
+
+}  // namespace headwise::engine

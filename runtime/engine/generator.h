@@ -1,0 +1,58 @@
+// The single-sequence generation loop: chunked prefill of the prompt, then
+// decode with sampling until max tokens, an end-of-generation token or a stop
+// string. Text is streamed through a callback as complete UTF-8 only, and
+// never includes (a prefix of) a stop string that later completes.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/ops.h"
+#include "runtime/model/llama.h"
+#include "runtime/model/sampler.h"
+#include "runtime/model/tokenizer.h"
+
+namespace headwise::engine {
+
+struct GenerateOptions {
+  int32_t max_tokens = 128;
+  model::SamplingParams sampling;
+  std::vector<std::string> stop;  // stop strings; the text ends before the first match
+  bool ignore_eos = false;
+  int32_t prefill_chunk = 4096;  // prompt tokens per forward
+  int32_t kv_block = 256;        // tokens per KV block
+  kernels::KvDtype kv_dtype = kernels::KvDtype::kF32;
+  bool keep_prompt_logits = false;  // fill GenerateResult::prompt_logits
+};
+
+enum class FinishReason { kStop, kLength };
+
+struct GenerateResult {
+  std::vector<int32_t> prompt_token_ids;
+  std::vector<int32_t> generated_token_ids;
+  std::string text;
+  FinishReason finish_reason = FinishReason::kLength;
+  std::vector<float> prompt_logits;  // logits after the last prompt token
+  double prefill_seconds = 0;
+  double decode_seconds = 0;
+  int64_t kv_bytes = 0;
+  double prefill_tokens_per_s() const;
+  double decode_tokens_per_s() const;
+};
+
+// Called with each new piece of text as soon as it is final.
+using TextCallback = std::function<void(std::string_view)>;
+
+// InvalidArgument for an empty prompt, invalid options or a prompt that
+// exceeds the model's context length.
+absl::StatusOr<GenerateResult> Generate(model::LlamaModel& llm, const model::Tokenizer& tokenizer,
+                                        std::span<const int32_t> prompt,
+                                        const GenerateOptions& options,
+                                        const TextCallback& on_text);
+
+}  // namespace headwise::engine

@@ -1,0 +1,197 @@
+// One forward over n tokens: per layer RMSNorm -> q,k,v -> RoPE -> attention
+// (earlier blocks + the chunk's own causal part, LSE-merged) -> o_proj ->
+// residual -> RMSNorm -> SwiGLU MLP -> residual; then the final norm and the
+// output projection for the rows whose logits are wanted.
+#include "runtime/model/llama.h"
+
+#include <cblas.h>
+
+#include <cmath>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/attention.h"
+#include "kernels/lse.h"
+
+namespace headwise::model {
+namespace {
+
+// out[n x w.rows] = x[n x w.cols] * w^T (+ bias)
+void Linear(const float* x, int64_t n, const Matrix& w, const std::vector<float>& bias,
+            float* out) {
+  if (n == 1) {
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, w.rows, w.cols, 1.0f, w.data.data(), w.cols, x, 1,
+                0.0f, out, 1);
+  } else {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, w.rows, w.cols, 1.0f, x, w.cols,
+                w.data.data(), w.cols, 0.0f, out, w.rows);
+  }
+  if (!bias.empty()) {
+    for (int64_t r = 0; r < n; ++r)
+      kernels::Add(out + r * w.rows, out + r * w.rows, bias.data(), w.rows);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& path,
+                                                             const kernels::ParallelFor* parallel) {
+  std::unique_ptr<LlamaModel> model(new LlamaModel());
+  model->parallel_ = parallel;
+  absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(path);
+  if (!file.ok()) return file.status();
+  model->file_ = std::move(*file);
+  absl::StatusOr<ModelInfo> info = ReadModelInfo(*model->file_);
+  if (!info.ok()) return info.status();
+  model->info_ = std::move(*info);
+  const ModelInfo& mi = model->info_;
+  if (mi.n_heads % mi.n_kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", mi.n_heads,
+                                                   " attention heads are not a multiple of ",
+                                                   mi.n_kv_heads, " kv heads"));
+  }
+  if (mi.head_dim > kernels::kMaxHeadDim || mi.head_dim % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": head_dim ", mi.head_dim, " is unsupported (even, <= ", kernels::kMaxHeadDim, ")"));
+  }
+  absl::StatusOr<std::unique_ptr<ModelWeights>> weights = LoadWeights(*model->file_, mi);
+  if (!weights.ok()) return weights.status();
+  model->weights_ = std::move(*weights);
+
+  kernels::RopeParams& rope = model->rope_;
+  rope.mode = mi.architecture == "qwen2" ? kernels::RopeMode::kNeox : kernels::RopeMode::kNorm;
+  rope.n_rot = mi.rope_dims > 0 ? mi.rope_dims : mi.head_dim;
+  rope.freq_base = static_cast<float>(mi.rope_freq_base);
+  rope.freq_scale = mi.rope_scaling_type == "linear" && mi.rope_scaling_factor > 0
+                        ? static_cast<float>(1.0 / mi.rope_scaling_factor)
+                        : 1.0f;
+  rope.freq_factors =
+      model->weights_->rope_freqs.empty() ? nullptr : model->weights_->rope_freqs.data();
+  return model;
+}
+
+kv::KvGeometry LlamaModel::KvGeometryFor(int32_t block_tokens, kernels::KvDtype dtype) const {
+  return kv::KvGeometry{static_cast<int32_t>(info_.n_layers),
+                        static_cast<int32_t>(info_.n_kv_heads),
+                        static_cast<int32_t>(info_.head_dim), block_tokens, dtype};
+}
+
+void LlamaModel::Attention(int32_t layer, int64_t n, int64_t start, const float* q, const float* k,
+                           const float* v, float* out, kv::KvCache& cache) {
+  const int32_t hd = info_.head_dim, n_heads = info_.n_heads, n_kv = info_.n_kv_heads;
+  const int32_t group = n_heads / n_kv;
+  const kernels::KvDtype dtype = cache.geometry().dtype;
+  const size_t elem = kernels::KvDtypeSize(dtype);
+
+  std::vector<int32_t> pos(n);
+  std::iota(pos.begin(), pos.end(), static_cast<int32_t>(start));
+
+  kernels::PartialAttentionArgs args;
+  args.head_dim = hd;
+  args.group_size = group;
+  args.n_kv_heads = n_kv;
+  args.n_rows = n;
+  args.q = q;
+  args.q_pos = pos.data();
+  args.kv_dtype = dtype;
+  args.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  args.parallel = parallel_;
+
+  // Partial 1: every block already in the cache (all positions < start).
+  std::vector<kernels::KvBlockView> views;
+  args.n_blocks = cache.Views(layer, views);
+  args.blocks = views.data();
+  args.causal = false;
+  args.o = out;
+  std::vector<float> lse(n * n_heads);
+  args.lse = lse.data();
+  kernels::PartialAttention(args);
+
+  // Partial 2: the chunk's own K/V in the KV dtype, causal.
+  std::vector<uint8_t> chunk_k(n * n_kv * hd * elem), chunk_v(chunk_k.size());
+  for (int32_t h = 0; h < n_kv; ++h) {
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t dst = (int64_t(h) * n + r) * hd * elem;
+      kernels::ToKvDtype(dtype, k + (r * n_kv + h) * hd, chunk_k.data() + dst, hd);
+      kernels::ToKvDtype(dtype, v + (r * n_kv + h) * hd, chunk_v.data() + dst, hd);
+    }
+  }
+  std::vector<kernels::KvBlockView> chunk_views(n_kv);
+  for (int32_t h = 0; h < n_kv; ++h) {
+    const int64_t off = int64_t(h) * n * hd * elem;
+    chunk_views[h] = {chunk_k.data() + off, chunk_v.data() + off, static_cast<int32_t>(n),
+                      static_cast<int32_t>(start)};
+  }
+  std::vector<float> o_chunk(n * n_heads * hd), lse_chunk(n * n_heads);
+  args.blocks = chunk_views.data();
+  args.n_blocks = 1;
+  args.causal = true;
+  args.o = o_chunk.data();
+  args.lse = lse_chunk.data();
+  kernels::PartialAttention(args);
+
+  kernels::LseMerge(out, lse.data(), o_chunk.data(), lse_chunk.data(), n * n_heads, hd);
+  cache.Append(layer, k, v, n, int64_t(n_kv) * hd);
+}
+
+absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, kv::KvCache& cache,
+                                 std::vector<float>* last_logits, std::vector<float>* all_logits) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n == 0) return absl::InvalidArgumentError("forward of an empty token list");
+  const int64_t vocab = weights_->token_embd.rows;
+  for (int32_t id : tokens) {
+    if (id < 0 || id >= vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", id, " is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
+  const int64_t start = cache.length();
+  const int64_t d = info_.n_embd, ff = info_.n_ff;
+  const int64_t q_dim = int64_t(info_.n_heads) * info_.head_dim;
+  const int64_t kv_dim = int64_t(info_.n_kv_heads) * info_.head_dim;
+  const float eps = static_cast<float>(info_.rms_eps);
+
+  std::vector<float> x(n * d), h(n * d), q(n * q_dim), k(n * kv_dim), v(n * kv_dim),
+      attn(n * q_dim), gate(n * ff), up(n * ff);
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = weights_->token_embd.data.data() + int64_t(tokens[r]) * d;
+    std::copy(row, row + d, x.data() + r * d);
+  }
+  std::vector<int32_t> pos(n);
+  std::iota(pos.begin(), pos.end(), static_cast<int32_t>(start));
+
+  for (int32_t il = 0; il < static_cast<int32_t>(info_.n_layers); ++il) {
+    const LayerWeights& l = weights_->layers[il];
+    kernels::RmsNorm(h.data(), x.data(), l.attn_norm.data(), n, d, eps);
+    Linear(h.data(), n, l.wq, l.bq, q.data());
+    Linear(h.data(), n, l.wk, l.bk, k.data());
+    Linear(h.data(), n, l.wv, l.bv, v.data());
+    kernels::Rope(q.data(), pos.data(), n, info_.n_heads, info_.head_dim, rope_);
+    kernels::Rope(k.data(), pos.data(), n, info_.n_kv_heads, info_.head_dim, rope_);
+    Attention(il, n, start, q.data(), k.data(), v.data(), attn.data(), cache);
+    Linear(attn.data(), n, l.wo, {}, h.data());
+    kernels::Add(x.data(), x.data(), h.data(), n * d);
+
+    kernels::RmsNorm(h.data(), x.data(), l.ffn_norm.data(), n, d, eps);
+    Linear(h.data(), n, l.w_gate, {}, gate.data());
+    Linear(h.data(), n, l.w_up, {}, up.data());
+    kernels::SwiGlu(gate.data(), gate.data(), up.data(), n * ff);
+    Linear(gate.data(), n, l.w_down, {}, h.data());
+    kernels::Add(x.data(), x.data(), h.data(), n * d);
+  }
+
+  const Matrix& out = weights_->output_matrix();
+  if (all_logits != nullptr) {
+    kernels::RmsNorm(h.data(), x.data(), weights_->output_norm.data(), n, d, eps);
+    all_logits->resize(n * vocab);
+    Linear(h.data(), n, out, {}, all_logits->data());
+  }
+  if (last_logits != nullptr) {
+    kernels::RmsNorm(h.data(), x.data() + (n - 1) * d, weights_->output_norm.data(), 1, d, eps);
+    last_logits->resize(vocab);
+    Linear(h.data(), 1, out, {}, last_logits->data());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace headwise::model
