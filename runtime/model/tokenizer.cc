@@ -484,16 +484,13 @@ void Tokenizer::EncodeBpeWord(std::string_view word, std::vector<int32_t>* out) 
       out->push_back(id);
       continue;
     }
-    // No token for a merged symbol: fall back to one token per byte.
+    // No token for a symbol: one token per byte; a byte without a token of its
+    // own is dropped, as HF tokenizers does (SmolLM2 has none for e.g. 0x04).
     size_t pos = 0;
     while (pos < piece.size()) {
       const uint32_t cp = DecodeUtf8(piece, &pos);
       const int16_t byte = cp < 324 ? ByteMap().cp_to_byte[cp] : -1;
-      if (byte >= 0 && byte_token_[byte] >= 0) {
-        out->push_back(byte_token_[byte]);
-      } else if (unk_ >= 0) {
-        out->push_back(unk_);
-      }
+      if (byte >= 0 && byte_token_[byte] >= 0) out->push_back(byte_token_[byte]);
     }
   }
 }

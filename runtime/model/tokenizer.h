@@ -70,8 +70,9 @@ class Tokenizer {
   // add_special: prepend BOS / append EOS as the GGUF's add_bos_token /
   // add_eos_token say. parse_special: control and unknown-type token texts
   // (e.g. "<|im_start|>") in `text` become their ids; user-defined tokens are
-  // always recognised, as in llama.cpp. Bytes no token covers become the unk
-  // id, or are dropped when the vocabulary has none.
+  // always recognised, as in llama.cpp. Bytes no token covers: byte-level BPE
+  // drops them, as HF tokenizers does (SmolLM2 has no token for e.g. 0x04 or
+  // 0xF5..0xFF); SentencePiece uses <0xXX> tokens, else the unk id.
   std::vector<int32_t> Encode(std::string_view text, bool add_special, bool parse_special) const;
 
   // Concatenated bytes of the ids' pieces (not necessarily valid UTF-8 when the
