@@ -45,9 +45,13 @@ test-asan: build-asan model
 
 demo: build model
 	$(HEADWISE) inspect $(MODEL)
+	$(HEADWISE) generate -m $(MODEL) --chat -p "What is the capital of France?" -n 32
 
-bench: build
-	@echo "benchmarks arrive with the model-inference issue (see docs/PERF.md)"
+# Benchmarks write JSON into bench/out/; figures go in docs/PERF.md.
+bench: build model
+	@mkdir -p bench/out
+	$(BUILD)/bench/kernels_bench --benchmark_format=json --benchmark_out=bench/out/kernels_bench.json --benchmark_out_format=json
+	$(BUILD)/bench/llama_bench -m $(MODEL) --out bench/out/llama_bench.json
 
 CXX_SOURCES = $(shell git ls-files '*.cc' '*.h' '*.cu' '*.cuh')
 

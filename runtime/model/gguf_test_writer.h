@@ -148,7 +148,8 @@ class GgufTestWriter {
     const uint64_t data_start = AlignUp(out.size());
     out.resize(data_start, 0);
     for (size_t i = 0; i < tensors_.size(); ++i) {
-      if (tensors_[i].offset) continue;  // deliberately bad offsets carry no data
+      // Deliberately bad offsets carry no data; neither do absurd shapes.
+      if (tensors_[i].offset || datas[i].empty()) continue;
       const uint64_t at = data_start + offsets[i];
       if (out.size() < at + datas[i].size()) out.resize(at + datas[i].size(), 0);
       std::memcpy(out.data() + at, datas[i].data(), datas[i].size());

@@ -36,11 +36,17 @@ void Linear(const float* x, int64_t n, const Matrix& w, const std::vector<float>
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& path,
                                                              const kernels::ParallelFor* parallel) {
-  std::unique_ptr<LlamaModel> model(new LlamaModel());
-  model->parallel_ = parallel;
   absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(path);
   if (!file.ok()) return file.status();
-  model->file_ = std::move(*file);
+  return FromGguf(std::move(*file), parallel);
+}
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::FromGguf(
+    std::unique_ptr<GgufFile> file, const kernels::ParallelFor* parallel) {
+  std::unique_ptr<LlamaModel> model(new LlamaModel());
+  model->parallel_ = parallel;
+  model->file_ = std::move(file);
+  const std::string& path = model->file_->path();
   absl::StatusOr<ModelInfo> info = ReadModelInfo(*model->file_);
   if (!info.ok()) return info.status();
   model->info_ = std::move(*info);
@@ -57,6 +63,17 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
   absl::StatusOr<std::unique_ptr<ModelWeights>> weights = LoadWeights(*model->file_, mi);
   if (!weights.ok()) return weights.status();
   model->weights_ = std::move(*weights);
+  // Every token the tokenizer can produce must have an embedding row and
+  // every row a token, or generation could reach ids with no text.
+  if (const GgufValue* tokens = model->file_->Find("tokenizer.ggml.tokens")) {
+    const GgufArray* array = tokens->AsArray();
+    const int64_t rows = model->weights_->token_embd.rows;
+    if (array != nullptr && static_cast<int64_t>(array->values.size()) != rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": the vocabulary (tokenizer.ggml.tokens) has ", array->values.size(),
+                       " tokens but token_embd.weight has ", rows, " rows"));
+    }
+  }
 
   kernels::RopeParams& rope = model->rope_;
   rope.mode = mi.architecture == "qwen2" ? kernels::RopeMode::kNeox : kernels::RopeMode::kNorm;

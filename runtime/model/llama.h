@@ -28,6 +28,9 @@ class LlamaModel {
   // and element-wise tasks and must outlive the model.
   static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(const std::string& path,
                                                           const kernels::ParallelFor* parallel);
+  // The same from an already parsed file (tests build models in memory).
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> FromGguf(std::unique_ptr<GgufFile> file,
+                                                              const kernels::ParallelFor* parallel);
 
   const ModelInfo& info() const { return info_; }
   const GgufFile& file() const { return *file_; }

@@ -97,6 +97,13 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(const GgufFile& file,
   const uint64_t kv_dim = uint64_t(info.n_kv_heads) * info.head_dim;
   const bool qkv_bias = info.architecture == "qwen2";
 
+  if (const TensorInfo* embd = file.FindTensor("token_embd.weight");
+      embd != nullptr && embd->dims.size() == 2 && embd->dims[0] == n_embd &&
+      embd->dims[1] != vocab) {
+    return absl::InvalidArgumentError(absl::StrCat(file.path(), ": the vocabulary has ", vocab,
+                                                   " tokens but token_embd.weight has ",
+                                                   embd->dims[1], " rows"));
+  }
   auto weights = std::make_unique<ModelWeights>();
   HEADWISE_RETURN_IF_ERROR(
       LoadMatrix(file, "token_embd.weight", n_embd, vocab, weights->token_embd));

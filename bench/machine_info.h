@@ -1,0 +1,18 @@
+// Describes the machine a benchmark ran on, for the JSON every benchmark
+// writes: hostname, CPU model, cores, memory, and the GPU when one is visible.
+#pragma once
+
+#include <string>
+
+#include "nlohmann/json.hpp"
+
+namespace headwise::bench {
+
+nlohmann::json MachineInfo();
+
+// STREAM-style triad a[i] = b[i] + s * c[i] over three arrays of `bytes_per_array`
+// bytes, split over `threads` threads; best of `repeats`, in GB/s counting
+// 3 * bytes_per_array per pass (reads of b, c and the write of a).
+double TriadGBps(size_t bytes_per_array, int threads, int repeats);
+
+}  // namespace headwise::bench

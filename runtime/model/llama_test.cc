@@ -1,0 +1,186 @@
+// The forward pass on synthetic models: chunked prefill, block size and
+// decode steps give the same logits as one whole-prompt forward (the LSE
+// merge of partials is exact); qwen2 biases and llama3 rope factors are used;
+// malformed models fail with errors naming the problem.
+#include "runtime/model/llama.h"
+
+#include <cmath>
+#include <numeric>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/parallel.h"
+#include "runtime/common/thread_pool.h"
+#include "runtime/model/synthetic_model.h"
+
+namespace headwise::model {
+namespace {
+
+using testing::BuildSyntheticModel;
+using ::testing::HasSubstr;
+using testing::SyntheticModelSpec;
+
+struct Loaded {
+  std::vector<uint8_t> image;
+  std::unique_ptr<LlamaModel> model;
+};
+
+absl::StatusOr<Loaded> Load(const SyntheticModelSpec& spec, const kernels::ParallelFor* parallel) {
+  Loaded out;
+  out.image = BuildSyntheticModel(spec);
+  auto file = GgufFile::FromBuffer(out.image.data(), out.image.size(), "synthetic.gguf");
+  if (!file.ok()) return file.status();
+  auto model = LlamaModel::FromGguf(std::move(*file), parallel);
+  if (!model.ok()) return model.status();
+  out.model = std::move(*model);
+  return out;
+}
+
+double RelL2(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+std::vector<int32_t> Prompt(int n, int vocab) {
+  std::vector<int32_t> ids(n);
+  for (int i = 0; i < n; ++i) ids[i] = (i * 37 + 11) % vocab;
+  return ids;
+}
+
+// Logits of every prompt position, prefilling in chunks of `chunk`.
+std::vector<float> ChunkedLogits(LlamaModel& model, const std::vector<int32_t>& prompt, int chunk,
+                                 int block, kernels::KvDtype dtype = kernels::KvDtype::kF32) {
+  kv::KvCache cache(model.KvGeometryFor(block, dtype));
+  std::vector<float> all, part;
+  for (size_t b = 0; b < prompt.size(); b += chunk) {
+    const size_t n = std::min<size_t>(chunk, prompt.size() - b);
+    EXPECT_TRUE(
+        model.Forward(std::span<const int32_t>(prompt).subspan(b, n), cache, nullptr, &part).ok());
+    all.insert(all.end(), part.begin(), part.end());
+  }
+  return all;
+}
+
+class LlamaSyntheticTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(LlamaSyntheticTest, ChunkedPrefillAndBlockSizeDoNotChangeLogits) {
+  runtime::ThreadPool pool(2);
+  SyntheticModelSpec spec;
+  spec.architecture = GetParam();
+  spec.rope_freqs = GetParam() == "llama";
+  auto loaded = Load(spec, &pool);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  LlamaModel& model = *loaded->model;
+  const std::vector<int32_t> prompt = Prompt(37, spec.vocab);
+  const std::vector<float> whole = ChunkedLogits(model, prompt, 37, 256);
+  ASSERT_EQ(whole.size(), prompt.size() * spec.vocab);
+  for (auto [chunk, block] : {std::pair{1, 4}, {5, 4}, {16, 7}, {37, 1}, {8, 256}}) {
+    EXPECT_LT(RelL2(ChunkedLogits(model, prompt, chunk, block), whole), 1e-5)
+        << "chunk " << chunk << " block " << block;
+  }
+}
+
+TEST_P(LlamaSyntheticTest, LastLogitsEqualTheLastRowOfAllLogits) {
+  SyntheticModelSpec spec;
+  spec.architecture = GetParam();
+  auto loaded = Load(spec, nullptr);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const std::vector<int32_t> prompt = Prompt(9, spec.vocab);
+  kv::KvCache a(loaded->model->KvGeometryFor(4, kernels::KvDtype::kF32));
+  kv::KvCache b(loaded->model->KvGeometryFor(4, kernels::KvDtype::kF32));
+  std::vector<float> last, all;
+  ASSERT_TRUE(loaded->model->Forward(prompt, a, &last).ok());
+  ASSERT_TRUE(loaded->model->Forward(prompt, b, nullptr, &all).ok());
+  std::vector<float> tail(all.end() - spec.vocab, all.end());
+  EXPECT_LT(RelL2(last, tail), 1e-6);
+  EXPECT_EQ(a.length(), 9);
+}
+
+TEST_P(LlamaSyntheticTest, HalfPrecisionKvStaysClose) {
+  SyntheticModelSpec spec;
+  spec.architecture = GetParam();
+  auto loaded = Load(spec, nullptr);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const std::vector<int32_t> prompt = Prompt(20, spec.vocab);
+  const std::vector<float> f32 = ChunkedLogits(*loaded->model, prompt, 20, 8);
+  EXPECT_LT(RelL2(ChunkedLogits(*loaded->model, prompt, 20, 8, kernels::KvDtype::kF16), f32), 1e-2);
+  EXPECT_LT(RelL2(ChunkedLogits(*loaded->model, prompt, 20, 8, kernels::KvDtype::kBF16), f32),
+            3e-2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, LlamaSyntheticTest, ::testing::Values("llama", "qwen2"));
+
+TEST(LlamaModelTest, Qwen2BiasesAreApplied) {
+  SyntheticModelSpec spec;
+  spec.architecture = "qwen2";
+  auto with_bias = Load(spec, nullptr);
+  ASSERT_TRUE(with_bias.ok()) << with_bias.status();
+  spec.weight_scale = 0.2f;
+  spec.seed = 2;
+  auto other = Load(spec, nullptr);
+  ASSERT_TRUE(other.ok());
+  const std::vector<int32_t> prompt = Prompt(5, spec.vocab);
+  EXPECT_GT(RelL2(ChunkedLogits(*with_bias->model, prompt, 5, 4),
+                  ChunkedLogits(*other->model, prompt, 5, 4)),
+            1e-3);
+}
+
+TEST(LlamaModelTest, RejectsTokensOutsideTheVocabulary) {
+  auto loaded = Load(SyntheticModelSpec{}, nullptr);
+  ASSERT_TRUE(loaded.ok());
+  kv::KvCache cache(loaded->model->KvGeometryFor(4, kernels::KvDtype::kF32));
+  std::vector<int32_t> bad = {1, 96};
+  std::vector<float> logits;
+  absl::Status status = loaded->model->Forward(bad, cache, &logits);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("token id 96"));
+  EXPECT_FALSE(loaded->model->Forward({}, cache, &logits).ok());
+}
+
+TEST(LlamaModelTest, MissingTensorIsNamed) {
+  SyntheticModelSpec spec;
+  spec.drop_tensors = {"blk.1.ffn_up.weight"};
+  auto loaded = Load(spec, nullptr);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_THAT(loaded.status().message(), HasSubstr("'blk.1.ffn_up.weight' is missing"));
+}
+
+TEST(LlamaModelTest, WrongShapeIsNamed) {
+  SyntheticModelSpec spec;
+  spec.reshape_tensor = "blk.0.attn_k.weight";
+  auto loaded = Load(spec, nullptr);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_THAT(loaded.status().message(),
+              HasSubstr("'blk.0.attn_k.weight' has shape [65, 32], expected [64, 32]"));
+}
+
+TEST(LlamaModelTest, VocabularyShorterThanEmbeddingIsAnError) {
+  SyntheticModelSpec spec;
+  spec.tokenizer_tokens = 50;
+  auto loaded = Load(spec, nullptr);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_THAT(loaded.status().message(), HasSubstr("has 50 tokens but token_embd.weight has 96"));
+}
+
+TEST(LlamaModelTest, UnsupportedArchitectureIsNamed) {
+  SyntheticModelSpec spec;
+  spec.architecture = "mamba";
+  auto loaded = Load(spec, nullptr);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_THAT(loaded.status().message(), HasSubstr("mamba"));
+}
+
+TEST(LlamaModelTest, MissingOutputNormIsNamed) {
+  SyntheticModelSpec spec;
+  spec.drop_tensors = {"output_norm.weight"};
+  auto loaded = Load(spec, nullptr);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_THAT(loaded.status().message(), HasSubstr("output_norm.weight"));
+}
+
+}  // namespace
+}  // namespace headwise::model
