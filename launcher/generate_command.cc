@@ -210,6 +210,7 @@ void RegisterGenerateCommand(CLI::App& app, CommandRunner& run) {
       ->envname(EnvTwin("stats-json"));
   cmd->add_option("--dump-logits", flags->dump_logits,
                   "Write the logits after the last prompt token (raw float32) to this file");
+  AddEnvTwins(*cmd);
   cmd->callback([flags, prompt, file, &run] {
     if (prompt->count() == 0 && file->count() == 0) {
       throw CLI::RequiredError("-p/--prompt or -f/--file");

@@ -222,6 +222,7 @@ void RegisterInspectCommand(CLI::App& app, CommandRunner& run) {
   cmd->add_option("--dump-tensor", flags->dump_tensor,
                   "Write this tensor dequantized to f32 (raw little-endian, row-major) to --out");
   cmd->add_option("--out", flags->out, "Output file for --dump-tensor");
+  AddEnvTwins(*cmd);
   cmd->callback([flags, &run] { run = [flags] { return RunInspect(*flags); }; });
 }
 

@@ -66,6 +66,15 @@ absl::StatusOr<uint64_t> ParseBytes(std::string_view text_view) {
   return static_cast<uint64_t>(std::llround(bytes));
 }
 
+void AddEnvTwins(CLI::App& cmd) {
+  for (CLI::Option* option : cmd.get_options()) {
+    if (option->get_lnames().empty() || !option->get_envname().empty()) continue;
+    const std::string& name = option->get_lnames().front();
+    if (name == "help" || name == "version") continue;
+    option->envname(EnvTwin(name));
+  }
+}
+
 std::string EnvTwin(std::string_view flag) {
   std::string name = "HEADWISE_";
   for (char c : flag)

@@ -22,6 +22,11 @@ CLI::Option* AddModelOption(CLI::App& cmd, std::string& path);
 // "4096", "64KiB", "1.5 GiB", "2G" -> bytes. InvalidArgument otherwise.
 absl::StatusOr<uint64_t> ParseBytes(std::string_view text);
 
+// Gives every option of `cmd` that has a long name and no environment
+// variable yet its HEADWISE_* twin (the flag wins over the variable). Call
+// after all options are added. --help and --version are left alone.
+void AddEnvTwins(CLI::App& cmd);
+
 // "HEADWISE_" + upper-case flag name with '-' -> '_' (e.g. kv-block -> HEADWISE_KV_BLOCK).
 std::string EnvTwin(std::string_view flag);
 

@@ -30,3 +30,26 @@ TEST(EnvTwinTest, UpperCasesAndUnderscores) {
 
 }  // namespace
 }  // namespace headwise::launcher
+
+namespace headwise::launcher {
+namespace {
+
+TEST(AddEnvTwinsTest, EnvironmentFillsFlagsAndTheFlagWins) {
+  CLI::App app;
+  int block = 0;
+  std::string dtype;
+  app.add_option("--kv-block", block);
+  app.add_option("--kv-dtype", dtype);
+  AddEnvTwins(app);
+  setenv("HEADWISE_KV_BLOCK", "64", 1);
+  setenv("HEADWISE_KV_DTYPE", "bf16", 1);
+  const char* argv[] = {"prog", "--kv-dtype", "f16"};
+  app.parse(3, const_cast<char**>(argv));
+  EXPECT_EQ(block, 64);
+  EXPECT_EQ(dtype, "f16");
+  unsetenv("HEADWISE_KV_BLOCK");
+  unsetenv("HEADWISE_KV_DTYPE");
+}
+
+}  // namespace
+}  // namespace headwise::launcher
