@@ -14,6 +14,7 @@
 #include "bench/machine_info.h"
 #include "nlohmann/json.hpp"
 #include "runtime/common/thread_pool.h"
+#include "runtime/device/device.h"
 #include "runtime/model/llama.h"
 
 namespace {
@@ -42,6 +43,22 @@ int64_t DecodeWeightBytes(const headwise::model::ModelInfo& info) {
   return 4 * (info.n_layers * per_layer + info.vocab_size * d + d);
 }
 
+// An all-resident store on `device` (the reference layout) for `capacity` tokens.
+std::unique_ptr<headwise::kv::KvStore> NewStore(const LlamaModel& model,
+                                                headwise::device::Device& device,
+                                                int64_t capacity) {
+  headwise::kv::KvStoreOptions options;
+  options.geometry = model.KvGeometryFor(256, KvDtype::kF32);
+  options.device = &device;
+  options.capacity_tokens = capacity;
+  auto store = headwise::kv::KvStore::Create(options);
+  if (!store.ok()) {
+    std::cerr << "llama_bench: " << store.status().message() << "\n";
+    std::exit(1);
+  }
+  return std::move(*store);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -61,6 +78,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   headwise::runtime::ThreadPool pool(threads);
+  std::unique_ptr<headwise::device::Device> cpu = headwise::device::MakeCpuDevice(&pool);
   auto loaded = LlamaModel::Load(model_path, &pool);
   if (!loaded.ok()) {
     std::cerr << "llama_bench: " << loaded.status().message() << "\n";
@@ -80,7 +98,8 @@ int main(int argc, char** argv) {
 
   std::vector<float> logits;
   for (int n : prefill) {
-    headwise::kv::KvCache cache(model.KvGeometryFor(256, KvDtype::kF32));
+    auto store = NewStore(model, *cpu, n);
+    headwise::kv::KvStore& cache = *store;
     const std::vector<int32_t> prompt = SyntheticPrompt(n, static_cast<int>(info.vocab_size));
     const auto start = Clock::now();
     for (int b = 0; b < n; b += prefill_chunk) {
@@ -100,7 +119,8 @@ int main(int argc, char** argv) {
   const int64_t weight_bytes = DecodeWeightBytes(info);
   const int64_t kv_per_token = 2 * info.n_layers * info.n_kv_heads * info.head_dim * 4;
   for (int context : contexts) {
-    headwise::kv::KvCache cache(model.KvGeometryFor(256, KvDtype::kF32));
+    auto store = NewStore(model, *cpu, context + steps + 1);
+    headwise::kv::KvStore& cache = *store;
     std::mt19937 rng(11);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     const int64_t row = info.n_kv_heads * info.head_dim;
@@ -108,7 +128,11 @@ int main(int argc, char** argv) {
     for (float& x : k) x = normal(rng);
     for (float& x : v) x = normal(rng);
     for (int layer = 0; layer < info.n_layers; ++layer) {
-      cache.Append(layer, k.data(), v.data(), context, row);
+      if (auto s = cache.Append(layer, k.data(), v.data(), context, row); !s.ok()) {
+        std::cerr << "llama_bench: " << s.message() << "\n";
+        return 1;
+      }
+      (void)cache.Seal(layer);
     }
     int32_t token = 1000;
     auto status = model.Forward(std::span<const int32_t>(&token, 1), cache, &logits);  // warm-up

@@ -10,6 +10,7 @@
 #include "launcher/options.h"
 #include "nlohmann/json.hpp"
 #include "runtime/common/thread_pool.h"
+#include "runtime/device/device.h"
 #include "runtime/engine/generator.h"
 #include "runtime/model/chat_template.h"
 #include "runtime/model/llama.h"
@@ -37,6 +38,10 @@ struct GenerateFlags {
   int32_t kv_block = 256;
   std::string kv_dtype = "f32";
   int32_t prefill_chunk = 4096;
+  std::string device = "cpu";
+  std::string device_mem = "0";
+  std::string host_mem = "0";
+  double sim_link_gbps = 0;
   std::string stats_json;
   std::string dump_logits;
 };
@@ -44,6 +49,12 @@ struct GenerateFlags {
 int Fail(const absl::Status& status) {
   std::cerr << "headwise generate: " << status.message() << "\n";
   return 1;
+}
+
+nlohmann::json TierJson(const kv::TierStats& tier) {
+  return {{"used_bytes", tier.used_bytes},
+          {"peak_bytes", tier.peak_bytes},
+          {"budget_bytes", tier.budget_bytes}};
 }
 
 absl::Status WriteStats(const std::string& path, const GenerateFlags& flags,
@@ -62,13 +73,25 @@ absl::Status WriteStats(const std::string& path, const GenerateFlags& flags,
       {"prefill_tokens_per_s", result.prefill_tokens_per_s()},
       {"decode_tokens_per_s", result.decode_tokens_per_s()},
       {"policy", "exact"},
-      {"device", "cpu"},
+      {"device", flags.device},
       {"kv_dtype", flags.kv_dtype},
       {"kv_block", flags.kv_block},
+      {"kv_mode", result.kv_mode == kv::KvMode::kStreaming ? "streaming" : "resident"},
+      {"head_group_size", result.stream.head_group_size},
+      {"blocks_per_group", result.stream.blocks_per_group},
+      {"bytes_staged", result.stream.bytes_staged},
+      {"copy_seconds", result.copies.busy_seconds},
+      {"copy_wait_seconds", result.stream.copy_wait_seconds},
+      {"compute_seconds", result.stream.compute_seconds},
+      {"stream_wall_seconds", result.stream.wall_seconds},
+      {"overlap_seconds", std::max(0.0, result.copies.busy_seconds + result.stream.compute_seconds -
+                                            result.stream.wall_seconds)},
       {"ranks",
        {{{"rank", 0},
          {"hostname", launch.hostname},
-         {"tiers", {{"host", {{"peak_bytes", result.kv_bytes}, {"budget_bytes", nullptr}}}}},
+         {"tiers", {{"device", TierJson(result.device_tier)}, {"host", TierJson(result.host_tier)}}},
+         {"bytes_to_device", result.copies.bytes_to_device},
+         {"bytes_to_host", result.copies.bytes_to_host},
          {"bytes_sent", 0},
          {"bytes_received", 0}}}},
   };
@@ -93,7 +116,27 @@ int RunGenerate(const GenerateFlags& flags) {
     prompt = text.str();
   }
 
+  absl::StatusOr<uint64_t> device_mem = ParseBytes(flags.device_mem);
+  if (!device_mem.ok()) return Fail(device_mem.status());
+  absl::StatusOr<uint64_t> host_mem = ParseBytes(flags.host_mem);
+  if (!host_mem.ok()) return Fail(host_mem.status());
+
   runtime::ThreadPool pool(flags.threads);
+  std::unique_ptr<device::Device> device;
+  if (flags.device == "cpu") {
+    device = device::MakeCpuDevice(&pool);
+  } else if (flags.device == "sim") {
+    if (*device_mem == 0) {
+      return Fail(absl::InvalidArgumentError("--device sim needs --device-mem (its arena size)"));
+    }
+    absl::StatusOr<std::unique_ptr<device::Device>> sim = device::MakeSimDevice(
+        {static_cast<int64_t>(*device_mem), flags.sim_link_gbps}, &pool);
+    if (!sim.ok()) return Fail(sim.status());
+    device = std::move(*sim);
+  } else {
+    return Fail(absl::InvalidArgumentError("--device must be cpu or sim, got '" + flags.device +
+                                           "' (cuda arrives with the CUDA backend)"));
+  }
   absl::StatusOr<std::unique_ptr<model::LlamaModel>> llm =
       model::LlamaModel::Load(flags.model, &pool);
   if (!llm.ok()) return Fail(llm.status());
@@ -131,6 +174,9 @@ int RunGenerate(const GenerateFlags& flags) {
   options.kv_block = flags.kv_block;
   options.kv_dtype = *kv_dtype;
   options.keep_prompt_logits = !flags.dump_logits.empty();
+  options.device = device.get();
+  options.device_budget_bytes = static_cast<int64_t>(*device_mem);
+  options.host_budget_bytes = static_cast<int64_t>(*host_mem);
 
   absl::StatusOr<engine::GenerateResult> result =
       engine::Generate(**llm, *tokenizer, ids, options,
@@ -144,6 +190,16 @@ int RunGenerate(const GenerateFlags& flags) {
                result->prompt_token_ids.size(), result->prefill_seconds,
                result->prefill_tokens_per_s(), result->generated_token_ids.size(),
                result->decode_seconds, result->decode_tokens_per_s());
+  if (result->kv_mode == kv::KvMode::kStreaming) {
+    std::fprintf(stderr,
+                 "kv: streamed from host, head group %d kv heads x %d blocks | device peak %.1f "
+                 "MiB of %.1f MiB, host peak %.1f MiB | copy %.2f s, compute %.2f s, wall %.2f s\n",
+                 result->stream.head_group_size, result->stream.blocks_per_group,
+                 result->device_tier.peak_bytes / 1048576.0,
+                 result->device_tier.budget_bytes / 1048576.0,
+                 result->host_tier.peak_bytes / 1048576.0, result->copies.busy_seconds,
+                 result->stream.compute_seconds, result->stream.wall_seconds);
+  }
   if (!flags.stats_json.empty()) {
     if (absl::Status s = WriteStats(flags.stats_json, flags, **llm, *result); !s.ok())
       return Fail(s);
@@ -206,6 +262,15 @@ void RegisterGenerateCommand(CLI::App& app, CommandRunner& run) {
       ->envname(EnvTwin("prefill-chunk"))
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--device", flags->device, "Compute device: cpu or sim")->capture_default_str();
+  cmd->add_option("--device-mem", flags->device_mem,
+                  "Device memory for KV (e.g. 64MiB; 0: unlimited on cpu, required for sim)")
+      ->capture_default_str();
+  cmd->add_option("--host-mem", flags->host_mem, "Host KV pool budget (0: unlimited)")
+      ->capture_default_str();
+  cmd->add_option("--sim-link-gbps", flags->sim_link_gbps,
+                  "sim device host<->device link cap in GB/s (0: memcpy speed)")
+      ->capture_default_str();
   cmd->add_option("--stats-json", flags->stats_json, "Write run statistics as JSON to this file")
       ->envname(EnvTwin("stats-json"));
   cmd->add_option("--dump-logits", flags->dump_logits,

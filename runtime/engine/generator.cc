@@ -76,16 +76,29 @@ absl::StatusOr<GenerateResult> Generate(model::LlamaModel& llm, const model::Tok
                      " new tokens exceeds the model's context length of ", context, " tokens"));
   }
 
+  if (options.device == nullptr) return absl::InvalidArgumentError("no device to generate on");
   GenerateResult result;
   result.prompt_token_ids.assign(prompt.begin(), prompt.end());
-  kv::KvCache cache(llm.KvGeometryFor(options.kv_block, options.kv_dtype));
+  kv::KvStoreOptions store_options;
+  store_options.geometry = llm.KvGeometryFor(options.kv_block, options.kv_dtype);
+  store_options.device = options.device;
+  store_options.device_budget_bytes = options.device_budget_bytes;
+  store_options.host_budget_bytes = options.host_budget_bytes;
+  store_options.capacity_tokens = needed;
+  store_options.max_append_tokens = options.prefill_chunk;
+  absl::StatusOr<std::unique_ptr<kv::KvStore>> store = kv::KvStore::Create(store_options);
+  if (!store.ok()) return store.status();
+  kv::KvStore& cache = **store;
+  result.kv_mode = cache.mode();
+  const device::CopyStats copies_before = options.device->copy_stats();
   std::vector<float> logits;
 
   const Clock::time_point prefill_start = Clock::now();
   for (size_t begin = 0; begin < prompt.size(); begin += options.prefill_chunk) {
     const size_t n = std::min<size_t>(options.prefill_chunk, prompt.size() - begin);
     const bool last = begin + n == prompt.size();
-    absl::Status status = llm.Forward(prompt.subspan(begin, n), cache, last ? &logits : nullptr);
+    absl::Status status =
+        llm.Forward(prompt.subspan(begin, n), cache, last ? &logits : nullptr, nullptr, &result.stream);
     if (!status.ok()) return status;
   }
   result.prefill_seconds = Seconds(prefill_start);
@@ -120,7 +133,8 @@ absl::StatusOr<GenerateResult> Generate(model::LlamaModel& llm, const model::Tok
   for (int32_t i = 0; i < options.max_tokens && !stopped; ++i) {
     if (i > 0) {
       absl::Status status =
-          llm.Forward(std::span<const int32_t>(&history.back(), 1), cache, &logits);
+          llm.Forward(std::span<const int32_t>(&history.back(), 1), cache, &logits, nullptr,
+                      &result.stream);
       if (!status.ok()) return status;
     }
     const int32_t token = sampler.Sample(logits, history);
@@ -139,7 +153,12 @@ absl::StatusOr<GenerateResult> Generate(model::LlamaModel& llm, const model::Tok
     if (!hit_stop()) emit(pending.size());
   }
   result.decode_seconds = Seconds(decode_start);
-  result.kv_bytes = cache.allocated_bytes();
+  result.device_tier = cache.tier_stats(kv::Tier::kDevice);
+  result.host_tier = cache.tier_stats(kv::Tier::kHost);
+  const device::CopyStats copies_after = options.device->copy_stats();
+  result.copies.bytes_to_device = copies_after.bytes_to_device - copies_before.bytes_to_device;
+  result.copies.bytes_to_host = copies_after.bytes_to_host - copies_before.bytes_to_host;
+  result.copies.busy_seconds = copies_after.busy_seconds - copies_before.busy_seconds;
   return result;
 }
 

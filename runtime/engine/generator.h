@@ -13,6 +13,8 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/ops.h"
+#include "runtime/device/device.h"
+#include "runtime/kv/kv_store.h"
 #include "runtime/model/llama.h"
 #include "runtime/model/sampler.h"
 #include "runtime/model/tokenizer.h"
@@ -28,6 +30,9 @@ struct GenerateOptions {
   int32_t kv_block = 256;        // tokens per KV block
   kernels::KvDtype kv_dtype = kernels::KvDtype::kF32;
   bool keep_prompt_logits = false;  // fill GenerateResult::prompt_logits
+  device::Device* device = nullptr;  // required; not owned
+  int64_t device_budget_bytes = 0;   // 0: unlimited
+  int64_t host_budget_bytes = 0;     // 0: unlimited
 };
 
 enum class FinishReason { kStop, kLength };
@@ -40,7 +45,11 @@ struct GenerateResult {
   std::vector<float> prompt_logits;  // logits after the last prompt token
   double prefill_seconds = 0;
   double decode_seconds = 0;
-  int64_t kv_bytes = 0;
+  kv::KvMode kv_mode = kv::KvMode::kResident;
+  kv::TierStats device_tier;
+  kv::TierStats host_tier;
+  attention::StreamStats stream;
+  device::CopyStats copies;
   double prefill_tokens_per_s() const;
   double decode_tokens_per_s() const;
 };

@@ -10,8 +10,6 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/attention.h"
-#include "kernels/lse.h"
 
 namespace headwise::model {
 namespace {
@@ -93,66 +91,9 @@ kv::KvGeometry LlamaModel::KvGeometryFor(int32_t block_tokens, kernels::KvDtype 
                         static_cast<int32_t>(info_.head_dim), block_tokens, dtype};
 }
 
-void LlamaModel::Attention(int32_t layer, int64_t n, int64_t start, const float* q, const float* k,
-                           const float* v, float* out, kv::KvCache& cache) {
-  const int32_t hd = info_.head_dim, n_heads = info_.n_heads, n_kv = info_.n_kv_heads;
-  const int32_t group = n_heads / n_kv;
-  const kernels::KvDtype dtype = cache.geometry().dtype;
-  const size_t elem = kernels::KvDtypeSize(dtype);
-
-  std::vector<int32_t> pos(n);
-  std::iota(pos.begin(), pos.end(), static_cast<int32_t>(start));
-
-  kernels::PartialAttentionArgs args;
-  args.head_dim = hd;
-  args.group_size = group;
-  args.n_kv_heads = n_kv;
-  args.n_rows = n;
-  args.q = q;
-  args.q_pos = pos.data();
-  args.kv_dtype = dtype;
-  args.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  args.parallel = parallel_;
-
-  // Partial 1: every block already in the cache (all positions < start).
-  std::vector<kernels::KvBlockView> views;
-  args.n_blocks = cache.Views(layer, views);
-  args.blocks = views.data();
-  args.causal = false;
-  args.o = out;
-  std::vector<float> lse(n * n_heads);
-  args.lse = lse.data();
-  kernels::PartialAttention(args);
-
-  // Partial 2: the chunk's own K/V in the KV dtype, causal.
-  std::vector<uint8_t> chunk_k(n * n_kv * hd * elem), chunk_v(chunk_k.size());
-  for (int32_t h = 0; h < n_kv; ++h) {
-    for (int64_t r = 0; r < n; ++r) {
-      const int64_t dst = (int64_t(h) * n + r) * hd * elem;
-      kernels::ToKvDtype(dtype, k + (r * n_kv + h) * hd, chunk_k.data() + dst, hd);
-      kernels::ToKvDtype(dtype, v + (r * n_kv + h) * hd, chunk_v.data() + dst, hd);
-    }
-  }
-  std::vector<kernels::KvBlockView> chunk_views(n_kv);
-  for (int32_t h = 0; h < n_kv; ++h) {
-    const int64_t off = int64_t(h) * n * hd * elem;
-    chunk_views[h] = {chunk_k.data() + off, chunk_v.data() + off, static_cast<int32_t>(n),
-                      static_cast<int32_t>(start)};
-  }
-  std::vector<float> o_chunk(n * n_heads * hd), lse_chunk(n * n_heads);
-  args.blocks = chunk_views.data();
-  args.n_blocks = 1;
-  args.causal = true;
-  args.o = o_chunk.data();
-  args.lse = lse_chunk.data();
-  kernels::PartialAttention(args);
-
-  kernels::LseMerge(out, lse.data(), o_chunk.data(), lse_chunk.data(), n * n_heads, hd);
-  cache.Append(layer, k, v, n, int64_t(n_kv) * hd);
-}
-
-absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, kv::KvCache& cache,
-                                 std::vector<float>* last_logits, std::vector<float>* all_logits) {
+absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, kv::KvStore& store,
+                                 std::vector<float>* last_logits, std::vector<float>* all_logits,
+                                 attention::StreamStats* stats) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n == 0) return absl::InvalidArgumentError("forward of an empty token list");
   const int64_t vocab = weights_->token_embd.rows;
@@ -162,7 +103,7 @@ absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, kv::KvCache& c
           absl::StrCat("token id ", id, " is outside the vocabulary [0, ", vocab, ")"));
     }
   }
-  const int64_t start = cache.length();
+  const int64_t start = store.length();
   const int64_t d = info_.n_embd, ff = info_.n_ff;
   const int64_t q_dim = int64_t(info_.n_heads) * info_.head_dim;
   const int64_t kv_dim = int64_t(info_.n_kv_heads) * info_.head_dim;
@@ -185,7 +126,9 @@ absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, kv::KvCache& c
     Linear(h.data(), n, l.wv, l.bv, v.data());
     kernels::Rope(q.data(), pos.data(), n, info_.n_heads, info_.head_dim, rope_);
     kernels::Rope(k.data(), pos.data(), n, info_.n_kv_heads, info_.head_dim, rope_);
-    Attention(il, n, start, q.data(), k.data(), v.data(), attn.data(), cache);
+    attention::AttendArgs attend{il, n, static_cast<int32_t>(info_.n_heads), q.data(), k.data(),
+                                 v.data(), attn.data()};
+    if (absl::Status s = attention::Attend(store, attend, stats); !s.ok()) return s;
     Linear(attn.data(), n, l.wo, {}, h.data());
     kernels::Add(x.data(), x.data(), h.data(), n * d);
 

@@ -15,7 +15,8 @@
 #include "absl/status/statusor.h"
 #include "kernels/ops.h"
 #include "kernels/parallel.h"
-#include "runtime/kv/kv_cache.h"
+#include "runtime/attention/attend.h"
+#include "runtime/kv/kv_store.h"
 #include "runtime/model/gguf.h"
 #include "runtime/model/model_info.h"
 #include "runtime/model/weights.h"
@@ -38,17 +39,18 @@ class LlamaModel {
   // A KV geometry for this model with the given block size and dtype.
   kv::KvGeometry KvGeometryFor(int32_t block_tokens, kernels::KvDtype dtype) const;
 
-  // Runs `tokens` at positions cache.length() .. +n-1, appending their K/V to
-  // `cache`. Writes the logits of the last token to `last_logits` (vocab
+  // Runs `tokens` at positions store.length() .. +n-1, appending their K/V to
+  // `store`. Writes the logits of the last token to `last_logits` (vocab
   // floats) when non-null, or of every token ([n x vocab]) to `all_logits`.
-  // InvalidArgument for an empty input or a token id outside the vocabulary.
-  absl::Status Forward(std::span<const int32_t> tokens, kv::KvCache& cache,
-                       std::vector<float>* last_logits, std::vector<float>* all_logits = nullptr);
+  // Streaming figures accumulate into `stats` when non-null.
+  // InvalidArgument for an empty input or a token id outside the vocabulary;
+  // ResourceExhausted when the store's tiers are full.
+  absl::Status Forward(std::span<const int32_t> tokens, kv::KvStore& store,
+                       std::vector<float>* last_logits, std::vector<float>* all_logits = nullptr,
+                       attention::StreamStats* stats = nullptr);
 
  private:
   LlamaModel() = default;
-  void Attention(int32_t layer, int64_t n, int64_t start, const float* q, const float* k,
-                 const float* v, float* out, kv::KvCache& cache);
 
   std::unique_ptr<GgufFile> file_;
   ModelInfo info_;

@@ -162,7 +162,9 @@ class Model:
         G = H // Hkv
         pos = np.arange(n0, n0 + T)
         cos, sin = self.rope_cos_sin(pos)
-        hook = hook or (lambda *a: None)
+        if hook is None:
+            def hook(*_):
+                return None
 
         x = self.W["token_embd.weight"][ids].astype(self.dtype)     # (T, n_embd)
         hook("embd", -1, x)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -151,7 +152,6 @@ def check_dequant(res, hw, model_path, reader, tmp, per_type, timeout):
         res.record(ok, f"dequant {name} ({ty})",
                    f"n={ref.size} max|diff|={err:.3g} max|x|={scale:.3g} rel={err / scale:.3g} "
                    f"(limit 1e-6){where} [{dt:.1f}s]")
-    del np
 
 
 def check_prompt(res, hw, model, label, text, tmp, args, eog):
@@ -163,7 +163,8 @@ def check_prompt(res, hw, model, label, text, tmp, args, eog):
             os.remove(p)
     n = args.n_predict
     ok, msg, dt = run(hw + ["generate", "-m", args.model, "-p", text, "-n", str(n), "--temp", "0",
-                            "--stats-json", stats, "--dump-logits", logits_path], args.timeout)
+                            "--stats-json", stats, "--dump-logits", logits_path] + shlex.split(args.extra_args),
+                        args.timeout)
     if not ok:
         for c in ("logits", "greedy"):
             res.record(False, f"{c} [{label}]", "headwise generate failed: " + msg)
@@ -256,6 +257,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tensors-per-type", type=int, default=3)
     ap.add_argument("--prompts", default="short,medium,long", help="comma-separated subset of short,medium,long")
     ap.add_argument("--skip-dequant", action="store_true")
+    ap.add_argument("--extra-args", default="", help="more flags for `headwise generate`, e.g. --extra-args='--kv-dtype f32'")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per headwise invocation")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args(argv)

@@ -1,0 +1,43 @@
+// Exact attention of one layer over a sequence's KV store, HeadInfer style:
+// the new tokens' K/V are appended to the open blocks on the device; the
+// partial over the open blocks (causal) is merged by LSE with the partials
+// over the sealed blocks, which are computed in place when the device can
+// reach them, or streamed head group by head group through two staging
+// buffers (the copy of group g+1 overlaps the compute of group g). Full open
+// blocks are then sealed and sent home.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "runtime/kv/kv_store.h"
+
+namespace headwise::attention {
+
+struct AttendArgs {
+  int32_t layer = 0;
+  int64_t n_rows = 0;        // new tokens
+  int32_t n_heads = 0;       // query heads
+  const float* q = nullptr;  // [n_rows x n_heads x head_dim], RoPE applied
+  const float* k = nullptr;  // [n_rows x n_kv_heads x head_dim]
+  const float* v = nullptr;
+  float* out = nullptr;  // [n_rows x n_heads x head_dim]
+};
+
+// Streaming figures, accumulated over calls.
+struct StreamStats {
+  int32_t head_group_size = 0;   // kv heads per streamed group (last plan)
+  int32_t blocks_per_group = 0;  // blocks per head in one staged item (last plan)
+  int64_t bytes_staged = 0;
+  int64_t items = 0;
+  double copy_wait_seconds = 0;  // compute thread blocked on copies
+  double compute_seconds = 0;    // partials over staged blocks
+  double wall_seconds = 0;       // the whole streamed part
+};
+
+// Runs attention for args.n_rows new tokens at positions store.n_tokens(layer)
+// onward and appends their K/V. Errors: ResourceExhausted from the store,
+// or a device error naming the call.
+absl::Status Attend(kv::KvStore& store, const AttendArgs& args, StreamStats* stats);
+
+}  // namespace headwise::attention

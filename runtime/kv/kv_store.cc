@@ -1,0 +1,336 @@
+// Block lifecycle: an open block is allocated on the compute device (host
+// memory on zero-copy devices), filled by Append, and sealed when full. In
+// streaming mode a sealed block gets a host block and a ToHost copy; its
+// device buffer is reclaimed once the copy completes (checked lazily, or
+// waited for when device memory runs short). In resident mode it stays put.
+#include "runtime/kv/kv_store.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace headwise::kv {
+namespace {
+
+std::string Bytes(int64_t bytes) {
+  if (bytes >= (int64_t{1} << 30)) return absl::StrFormat("%.2f GiB", bytes / double(1 << 30));
+  if (bytes >= (int64_t{1} << 20)) return absl::StrFormat("%.2f MiB", bytes / double(1 << 20));
+  if (bytes >= (int64_t{1} << 10)) return absl::StrFormat("%.1f KiB", bytes / 1024.0);
+  return absl::StrCat(bytes, " bytes");
+}
+
+struct HostFree {
+  void operator()(uint8_t* p) const { std::free(p); }
+};
+
+}  // namespace
+
+struct KvStore::Block {
+  Tier tier = Tier::kDevice;
+  uint8_t* data = nullptr;  // K then V, where the block can be read now
+  int32_t n_tokens = 0;
+  device::DeviceBuffer device_buffer;       // while on the device
+  std::unique_ptr<uint8_t, HostFree> host;  // once it has a host copy
+  device::CopyTicket copy_home = 0;         // ToHost copy in flight
+};
+
+int64_t KvGeometry::BlockBytes() const {
+  return 2 * int64_t(block_tokens) * head_dim * int64_t(kernels::KvDtypeSize(dtype));
+}
+
+int64_t KvGeometry::TokenBytes() const {
+  return 2 * int64_t(n_layers) * n_kv_heads * head_dim * int64_t(kernels::KvDtypeSize(dtype));
+}
+
+const char* TierName(Tier tier) { return tier == Tier::kDevice ? "device" : "host"; }
+
+KvStore::KvStore(const KvStoreOptions& options)
+    : geometry_(options.geometry),
+      device_(options.device),
+      options_(options),
+      blocks_(options.geometry.n_layers),
+      n_tokens_(options.geometry.n_layers, 0),
+      n_sealed_(options.geometry.n_layers, 0) {
+  for (auto& layer : blocks_) layer.resize(options.geometry.n_kv_heads);
+  device_stats_.budget_bytes = options.device_budget_bytes;
+  host_stats_.budget_bytes = options.host_budget_bytes;
+}
+
+KvStore::~KvStore() {
+  // Copies home read device buffers and write host blocks owned here.
+  for (Block* block : in_flight_) {
+    if (block->copy_home != 0) (void)device_->Wait(block->copy_home);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<KvStore>> KvStore::Create(const KvStoreOptions& options) {
+  const KvGeometry& g = options.geometry;
+  if (g.n_layers < 1 || g.n_kv_heads < 1 || g.head_dim < 1 || g.head_dim > kernels::kMaxHeadDim ||
+      g.block_tokens < 1 || options.device == nullptr || options.max_append_tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "invalid KV store: ", g.n_layers, " layers, ", g.n_kv_heads, " kv heads, head_dim ",
+        g.head_dim, ", ", g.block_tokens, "-token blocks, max append ", options.max_append_tokens,
+        options.device == nullptr ? ", no device" : ""));
+  }
+  std::unique_ptr<KvStore> store(new KvStore(options));
+  if (absl::Status status = store->Init(); !status.ok()) return status;
+  return store;
+}
+
+absl::Status KvStore::Init() {
+  const KvGeometry& g = geometry_;
+  zero_copy_ = device_->capabilities().zero_copy_host;
+  const int64_t block = g.BlockBytes();
+  const int64_t heads = int64_t(g.n_layers) * g.n_kv_heads;
+  const int64_t budget = options_.device_budget_bytes;
+  const int64_t capacity_blocks =
+      (std::max<int64_t>(options_.capacity_tokens, 1) + g.block_tokens - 1) / g.block_tokens;
+  if (zero_copy_ || budget == 0 || budget >= heads * capacity_blocks * block) {
+    mode_ = KvMode::kResident;
+    return absl::OkStatus();
+  }
+  mode_ = KvMode::kStreaming;
+  // Device memory in streaming mode: one open tail per (layer, kv head), the
+  // open blocks of one append for two layers (the previous layer's may still
+  // be on their way home), and two staging buffers of at least one block.
+  const int64_t tails = heads * block;
+  const int64_t append_blocks = (options_.max_append_tokens + g.block_tokens - 1) / g.block_tokens;
+  const int64_t open = 2 * int64_t(g.n_kv_heads) * append_blocks * block;
+  const int64_t needed = tails + open + 2 * block;
+  if (budget < needed) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "device memory budget of ", Bytes(budget), " is too small for even one head group: need ",
+        Bytes(needed), " = ", Bytes(tails), " of tail blocks (", heads,
+        " layer x kv-head tails of ", Bytes(block), ") + ", Bytes(open), " of open blocks for a ",
+        options_.max_append_tokens, "-token prefill chunk + 2 staging blocks of ", Bytes(block),
+        "; raise --device-mem or lower --prefill-chunk / --kv-block"));
+  }
+  staging_bytes_ = (budget - tails - open) / 2 / block * block;
+  for (device::DeviceBuffer& buffer : staging_) {
+    absl::StatusOr<device::DeviceBuffer> allocated = device_->Allocate(staging_bytes_);
+    if (!allocated.ok()) return allocated.status();
+    buffer = std::move(*allocated);
+    TrackDevice(staging_bytes_);
+  }
+  return absl::OkStatus();
+}
+
+void KvStore::TrackDevice(int64_t delta) {
+  device_stats_.used_bytes += delta;
+  device_stats_.peak_bytes = std::max(device_stats_.peak_bytes, device_stats_.used_bytes);
+}
+
+void KvStore::TrackHost(int64_t delta) {
+  host_stats_.used_bytes += delta;
+  host_stats_.peak_bytes = std::max(host_stats_.peak_bytes, host_stats_.used_bytes);
+}
+
+TierStats KvStore::tier_stats(Tier tier) const {
+  return tier == Tier::kDevice ? device_stats_ : host_stats_;
+}
+
+int64_t KvStore::length() const { return *std::min_element(n_tokens_.begin(), n_tokens_.end()); }
+
+int32_t KvStore::n_blocks(int32_t layer) const {
+  return static_cast<int32_t>(blocks_[layer][0].size());
+}
+
+int32_t KvStore::BlockTokens(int32_t layer, int32_t block) const {
+  return blocks_[layer][0][block]->n_tokens;
+}
+
+Tier KvStore::BlockTier(int32_t layer, int32_t head, int32_t block) const {
+  return blocks_[layer][head][block]->tier;
+}
+
+void KvStore::ReclaimFinishedCopies() {
+  auto done = [&](Block* block) {
+    if (block->copy_home != 0 && !device_->Poll(block->copy_home)) return false;
+    block->copy_home = 0;
+    if (block->device_buffer) {
+      TrackDevice(-static_cast<int64_t>(block->device_buffer.size()));
+      block->device_buffer = device::DeviceBuffer();
+    }
+    return true;
+  };
+  in_flight_.erase(std::remove_if(in_flight_.begin(), in_flight_.end(), done), in_flight_.end());
+}
+
+absl::StatusOr<std::unique_ptr<KvStore::Block>> KvStore::NewOpenBlock() {
+  const int64_t bytes = geometry_.BlockBytes();
+  auto block = std::make_unique<Block>();
+  if (zero_copy_) {
+    if (host_stats_.budget_bytes > 0 && host_stats_.used_bytes + bytes > host_stats_.budget_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("host KV pool full: ", Bytes(host_stats_.used_bytes), " of ",
+                       Bytes(host_stats_.budget_bytes), " in use, a block needs ", Bytes(bytes),
+                       "; raise --host-mem"));
+    }
+    block->host.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes)));
+    if (!block->host) return absl::ResourceExhaustedError("out of host memory for a KV block");
+    block->tier = Tier::kHost;
+    block->data = block->host.get();
+    TrackHost(bytes);
+    return block;
+  }
+  ReclaimFinishedCopies();
+  absl::StatusOr<device::DeviceBuffer> buffer = device_->Allocate(bytes);
+  // Device memory short: the copies home still hold buffers; wait for them.
+  while (!buffer.ok() && absl::IsResourceExhausted(buffer.status()) && !in_flight_.empty()) {
+    if (absl::Status s = device_->Wait(in_flight_.front()->copy_home); !s.ok()) return s;
+    ReclaimFinishedCopies();
+    buffer = device_->Allocate(bytes);
+  }
+  if (!buffer.ok()) return buffer.status();
+  block->tier = Tier::kDevice;
+  block->data = static_cast<uint8_t*>(buffer->data());
+  block->device_buffer = std::move(*buffer);
+  TrackDevice(bytes);
+  return block;
+}
+
+absl::Status KvStore::Append(int32_t layer, const float* k, const float* v, int64_t rows,
+                             int64_t row_stride) {
+  const KvGeometry& g = geometry_;
+  const int64_t hd = g.head_dim;
+  const int64_t elem = static_cast<int64_t>(kernels::KvDtypeSize(g.dtype));
+  const int64_t half = int64_t(g.block_tokens) * hd * elem;  // bytes of K in a block
+  int64_t pos = n_tokens_[layer];
+  for (int64_t r = 0; r < rows; ++r, ++pos) {
+    const int64_t index = pos / g.block_tokens, in_block = pos % g.block_tokens;
+    for (int32_t h = 0; h < g.n_kv_heads; ++h) {
+      auto& head = blocks_[layer][h];
+      if (static_cast<int64_t>(head.size()) == index) {
+        absl::StatusOr<std::unique_ptr<Block>> block = NewOpenBlock();
+        if (!block.ok()) return block.status();
+        head.push_back(std::move(*block));
+      }
+      Block& block = *head[index];
+      uint8_t* at = block.data + in_block * hd * elem;
+      kernels::ToKvDtype(g.dtype, k + r * row_stride + h * hd, at, hd);
+      kernels::ToKvDtype(g.dtype, v + r * row_stride + h * hd, at + half, hd);
+      block.n_tokens = static_cast<int32_t>(in_block + 1);
+    }
+    n_tokens_[layer] = pos + 1;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status KvStore::SendHome(Block& block) {
+  const int64_t bytes = geometry_.BlockBytes();
+  if (host_stats_.budget_bytes > 0 && host_stats_.used_bytes + bytes > host_stats_.budget_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("host KV pool full: ", Bytes(host_stats_.used_bytes), " of ",
+                     Bytes(host_stats_.budget_bytes), " in use, a block needs ", Bytes(bytes),
+                     "; raise --host-mem"));
+  }
+  block.host.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes)));
+  if (!block.host) return absl::ResourceExhaustedError("out of host memory for a KV block");
+  TrackHost(bytes);
+  absl::StatusOr<device::CopyTicket> ticket = device_->PostCopy(
+      device::CopyDirection::kToHost, {{block.host.get(), block.data, static_cast<size_t>(bytes)}});
+  if (!ticket.ok()) return ticket.status();
+  block.copy_home = *ticket;
+  block.tier = Tier::kHost;
+  block.data = block.host.get();
+  in_flight_.push_back(&block);
+  return absl::OkStatus();
+}
+
+absl::Status KvStore::Seal(int32_t layer) {
+  const int32_t full = static_cast<int32_t>(n_tokens_[layer] / geometry_.block_tokens);
+  for (int32_t b = n_sealed_[layer]; b < full; ++b) {
+    for (int32_t h = 0; h < geometry_.n_kv_heads; ++h) {
+      if (mode_ == KvMode::kStreaming) {
+        if (absl::Status s = SendHome(*blocks_[layer][h][b]); !s.ok()) return s;
+      }
+    }
+  }
+  n_sealed_[layer] = std::max(n_sealed_[layer], full);
+  return absl::OkStatus();
+}
+
+void KvStore::Views(int32_t layer, int32_t begin, int32_t end,
+                    std::vector<kernels::KvBlockView>& views) const {
+  const int32_t n = end - begin;
+  const int64_t half = int64_t(geometry_.block_tokens) * geometry_.head_dim *
+                       int64_t(kernels::KvDtypeSize(geometry_.dtype));
+  views.resize(size_t(geometry_.n_kv_heads) * n);
+  for (int32_t h = 0; h < geometry_.n_kv_heads; ++h) {
+    for (int32_t b = begin; b < end; ++b) {
+      const Block& block = *blocks_[layer][h][b];
+      views[size_t(h) * n + (b - begin)] = {block.data, block.data + half, block.n_tokens,
+                                            b * geometry_.block_tokens};
+    }
+  }
+}
+
+absl::StatusOr<const uint8_t*> KvStore::SealedBlockData(int32_t layer, int32_t head,
+                                                        int32_t block) {
+  Block& b = *blocks_[layer][head][block];
+  if (b.copy_home != 0) {
+    if (absl::Status s = device_->Wait(b.copy_home); !s.ok()) return s;
+    ReclaimFinishedCopies();
+  }
+  return b.data;
+}
+
+absl::Status KvStore::Truncate(int64_t n_tokens) {
+  const int64_t bt = geometry_.block_tokens;
+  for (int32_t layer = 0; layer < geometry_.n_layers; ++layer) {
+    if (n_tokens_[layer] <= n_tokens) continue;
+    const int64_t keep = (n_tokens + bt - 1) / bt;
+    for (auto& head : blocks_[layer]) {
+      for (size_t b = keep; b < head.size(); ++b) {
+        Block& block = *head[b];
+        if (block.copy_home != 0) {
+          if (absl::Status s = device_->Wait(block.copy_home); !s.ok()) return s;
+          block.copy_home = 0;
+        }
+        in_flight_.erase(std::remove(in_flight_.begin(), in_flight_.end(), &block),
+                         in_flight_.end());
+        if (block.device_buffer) TrackDevice(-static_cast<int64_t>(block.device_buffer.size()));
+        if (block.host) TrackHost(-geometry_.BlockBytes());
+      }
+      head.resize(keep);
+      if (keep > 0) head.back()->n_tokens = static_cast<int32_t>(n_tokens - (keep - 1) * bt);
+    }
+    n_tokens_[layer] = n_tokens;
+    const int32_t full = static_cast<int32_t>(n_tokens / bt);
+    if (keep > full && n_sealed_[layer] > full) {
+      // The cut block is partly filled again: it is the tail, and tails live
+      // on the device, so a block already sent home comes back.
+      for (auto& head : blocks_[layer]) {
+        if (absl::Status s = ReopenTail(*head.back()); !s.ok()) return s;
+      }
+    }
+    n_sealed_[layer] = std::min(n_sealed_[layer], full);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status KvStore::ReopenTail(Block& block) {
+  if (block.tier == Tier::kDevice || zero_copy_) return absl::OkStatus();
+  if (block.copy_home != 0) {
+    if (absl::Status s = device_->Wait(block.copy_home); !s.ok()) return s;
+    ReclaimFinishedCopies();
+  }
+  absl::StatusOr<std::unique_ptr<Block>> fresh = NewOpenBlock();
+  if (!fresh.ok()) return fresh.status();
+  const size_t bytes = static_cast<size_t>(geometry_.BlockBytes());
+  absl::StatusOr<device::CopyTicket> ticket = device_->PostCopy(
+      device::CopyDirection::kToDevice, {{(*fresh)->data, block.host.get(), bytes}});
+  if (!ticket.ok()) return ticket.status();
+  if (absl::Status s = device_->Wait(*ticket); !s.ok()) return s;
+  block.device_buffer = std::move((*fresh)->device_buffer);
+  block.data = static_cast<uint8_t*>(block.device_buffer.data());
+  block.tier = Tier::kDevice;
+  block.host.reset();
+  TrackHost(-static_cast<int64_t>(bytes));
+  return absl::OkStatus();
+}
+
+}  // namespace headwise::kv

@@ -1,0 +1,141 @@
+// The KV store of one sequence: blocks keyed by (layer, kv head, block), each
+// `block_tokens` tokens of K then V in the KV dtype, living in a tier of the
+// rank: `device` (the compute device's memory) or `host` (host RAM; the disk
+// tier of a later milestone slots in beside it). New tokens are appended to
+// the open blocks on the device; full blocks are sealed and sent to their home
+// tier asynchronously (HeadInfer). Per-tier budgets are enforced and current
+// and peak bytes tracked. One sequence, one thread: not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/attention.h"
+#include "kernels/ops.h"
+#include "runtime/device/device.h"
+
+namespace headwise::kv {
+
+struct KvGeometry {
+  int32_t n_layers = 0;
+  int32_t n_kv_heads = 0;
+  int32_t head_dim = 0;
+  int32_t block_tokens = 256;
+  kernels::KvDtype dtype = kernels::KvDtype::kF32;
+
+  // Bytes of K plus V of one block of one (layer, kv head).
+  int64_t BlockBytes() const;
+  // Bytes of K plus V of one token over all layers and kv heads.
+  int64_t TokenBytes() const;
+};
+
+enum class Tier : uint8_t { kDevice = 0, kHost = 1 };
+const char* TierName(Tier tier);
+
+struct TierStats {
+  int64_t used_bytes = 0;
+  int64_t peak_bytes = 0;
+  int64_t budget_bytes = 0;  // 0: unlimited
+};
+
+struct KvStoreOptions {
+  KvGeometry geometry;
+  device::Device* device = nullptr;  // not owned; must outlive the store
+  // Device memory the store may use (KV blocks and staging). 0: unlimited,
+  // which keeps every block resident on the device.
+  int64_t device_budget_bytes = 0;
+  int64_t host_budget_bytes = 0;  // 0: unlimited
+  // Tokens the sequence may reach; with the budget it decides whether every
+  // block can stay on the device or sealed blocks must stream from the host.
+  int64_t capacity_tokens = 0;
+  // The most tokens one Append brings (the prefill chunk).
+  int32_t max_append_tokens = 4096;
+};
+
+// How a store keeps its blocks, decided once at creation.
+enum class KvMode {
+  kResident,   // every block on the compute device (cpu: host memory, zero copy)
+  kStreaming,  // sealed blocks live on the host and stream through staging buffers
+};
+
+class KvStore {
+ public:
+  // InvalidArgument for a bad geometry; ResourceExhausted, naming the bytes
+  // needed, when the device budget cannot hold the tails, one chunk's open
+  // blocks and two staging blocks.
+  static absl::StatusOr<std::unique_ptr<KvStore>> Create(const KvStoreOptions& options);
+  ~KvStore();
+  KvStore(const KvStore&) = delete;
+  KvStore& operator=(const KvStore&) = delete;
+
+  const KvGeometry& geometry() const { return geometry_; }
+  device::Device& device() const { return *device_; }
+  KvMode mode() const { return mode_; }
+  int64_t n_tokens(int32_t layer) const { return n_tokens_[layer]; }
+  // Tokens stored in every layer: the sequence length.
+  int64_t length() const;
+
+  // Appends `rows` tokens to `layer`'s open blocks on the device: k and v are
+  // [rows x n_kv_heads x head_dim] f32 with `row_stride` floats between rows.
+  // ResourceExhausted when a tier is full (with the numbers).
+  absl::Status Append(int32_t layer, const float* k, const float* v, int64_t rows,
+                      int64_t row_stride);
+  // Seals every full open block of `layer` and starts sending it home. The
+  // last, partly filled block stays open (the tail).
+  absl::Status Seal(int32_t layer);
+
+  // Blocks of `layer`: sealed ones [0, n_sealed) and open ones after them.
+  int32_t n_sealed(int32_t layer) const { return n_sealed_[layer]; }
+  int32_t n_blocks(int32_t layer) const;
+  // Views of blocks [begin, end) of every kv head, head-major. Only for
+  // blocks the device can compute on (open blocks, device-tier blocks, or any
+  // block on a zero-copy device).
+  void Views(int32_t layer, int32_t begin, int32_t end,
+             std::vector<kernels::KvBlockView>& views) const;
+  // Where block b of (layer, head) lives, and its bytes (K then V); waits for
+  // its copy home to finish first.
+  absl::StatusOr<const uint8_t*> SealedBlockData(int32_t layer, int32_t head, int32_t block);
+  Tier BlockTier(int32_t layer, int32_t head, int32_t block) const;
+  int32_t BlockTokens(int32_t layer, int32_t block) const;
+
+  // Staging buffers (streaming mode only): two of staging_bytes() each.
+  int64_t staging_bytes() const { return staging_bytes_; }
+  void* staging(int index) const { return staging_[index].data(); }
+
+  TierStats tier_stats(Tier tier) const;
+
+  // Drops every token at position >= n_tokens in every layer.
+  absl::Status Truncate(int64_t n_tokens);
+
+ private:
+  struct Block;
+  explicit KvStore(const KvStoreOptions& options);
+  absl::Status Init();
+  absl::StatusOr<std::unique_ptr<Block>> NewOpenBlock();
+  absl::Status SendHome(Block& block);
+  absl::Status ReopenTail(Block& block);
+  void ReclaimFinishedCopies();
+  void TrackDevice(int64_t delta);
+  void TrackHost(int64_t delta);
+
+  KvGeometry geometry_;
+  device::Device* device_;
+  KvStoreOptions options_;
+  KvMode mode_ = KvMode::kResident;
+  bool zero_copy_ = false;
+  // blocks_[layer][kv_head][block]
+  std::vector<std::vector<std::vector<std::unique_ptr<Block>>>> blocks_;
+  std::vector<int64_t> n_tokens_;
+  std::vector<int32_t> n_sealed_;
+  std::vector<Block*> in_flight_;  // blocks whose copy home has not been reclaimed
+  device::DeviceBuffer staging_[2];
+  int64_t staging_bytes_ = 0;
+  TierStats device_stats_;
+  TierStats host_stats_;
+};
+
+}  // namespace headwise::kv
