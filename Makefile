@@ -59,7 +59,8 @@ format:
 	clang-format -i $(CXX_SOURCES)
 
 format-check:
-	clang-format --dry-run -Werror $(CXX_SOURCES)
+	@echo "clang-format --dry-run -Werror on $(words $(CXX_SOURCES)) files"
+	@clang-format --dry-run -Werror $(CXX_SOURCES) && echo "format-check: ok"
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

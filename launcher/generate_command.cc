@@ -89,7 +89,8 @@ absl::Status WriteStats(const std::string& path, const GenerateFlags& flags,
       {"ranks",
        {{{"rank", 0},
          {"hostname", launch.hostname},
-         {"tiers", {{"device", TierJson(result.device_tier)}, {"host", TierJson(result.host_tier)}}},
+         {"tiers",
+          {{"device", TierJson(result.device_tier)}, {"host", TierJson(result.host_tier)}}},
          {"bytes_to_device", result.copies.bytes_to_device},
          {"bytes_to_host", result.copies.bytes_to_host},
          {"bytes_sent", 0},
@@ -129,8 +130,8 @@ int RunGenerate(const GenerateFlags& flags) {
     if (*device_mem == 0) {
       return Fail(absl::InvalidArgumentError("--device sim needs --device-mem (its arena size)"));
     }
-    absl::StatusOr<std::unique_ptr<device::Device>> sim = device::MakeSimDevice(
-        {static_cast<int64_t>(*device_mem), flags.sim_link_gbps}, &pool);
+    absl::StatusOr<std::unique_ptr<device::Device>> sim =
+        device::MakeSimDevice({static_cast<int64_t>(*device_mem), flags.sim_link_gbps}, &pool);
     if (!sim.ok()) return Fail(sim.status());
     device = std::move(*sim);
   } else {

@@ -97,8 +97,8 @@ absl::StatusOr<GenerateResult> Generate(model::LlamaModel& llm, const model::Tok
   for (size_t begin = 0; begin < prompt.size(); begin += options.prefill_chunk) {
     const size_t n = std::min<size_t>(options.prefill_chunk, prompt.size() - begin);
     const bool last = begin + n == prompt.size();
-    absl::Status status =
-        llm.Forward(prompt.subspan(begin, n), cache, last ? &logits : nullptr, nullptr, &result.stream);
+    absl::Status status = llm.Forward(prompt.subspan(begin, n), cache, last ? &logits : nullptr,
+                                      nullptr, &result.stream);
     if (!status.ok()) return status;
   }
   result.prefill_seconds = Seconds(prefill_start);
@@ -132,9 +132,8 @@ absl::StatusOr<GenerateResult> Generate(model::LlamaModel& llm, const model::Tok
   const Clock::time_point decode_start = Clock::now();
   for (int32_t i = 0; i < options.max_tokens && !stopped; ++i) {
     if (i > 0) {
-      absl::Status status =
-          llm.Forward(std::span<const int32_t>(&history.back(), 1), cache, &logits, nullptr,
-                      &result.stream);
+      absl::Status status = llm.Forward(std::span<const int32_t>(&history.back(), 1), cache,
+                                        &logits, nullptr, &result.stream);
       if (!status.ok()) return status;
     }
     const int32_t token = sampler.Sample(logits, history);

@@ -126,8 +126,8 @@ absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, kv::KvStore& s
     Linear(h.data(), n, l.wv, l.bv, v.data());
     kernels::Rope(q.data(), pos.data(), n, info_.n_heads, info_.head_dim, rope_);
     kernels::Rope(k.data(), pos.data(), n, info_.n_kv_heads, info_.head_dim, rope_);
-    attention::AttendArgs attend{il, n, static_cast<int32_t>(info_.n_heads), q.data(), k.data(),
-                                 v.data(), attn.data()};
+    attention::AttendArgs attend{
+        il, n, static_cast<int32_t>(info_.n_heads), q.data(), k.data(), v.data(), attn.data()};
     if (absl::Status s = attention::Attend(store, attend, stats); !s.ok()) return s;
     Linear(attn.data(), n, l.wo, {}, h.data());
     kernels::Add(x.data(), x.data(), h.data(), n * d);
