@@ -1,5 +1,7 @@
 // `headwise generate`: one prompt, generated locally on the cpu device with the
 // exact policy, streamed to stdout; throughput to stderr; optional stats JSON.
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -176,6 +178,17 @@ int RunGenerate(const GenerateFlags& flags) {
   options.kv_dtype = *kv_dtype;
   options.keep_prompt_logits = !flags.dump_logits.empty();
   options.device = device.get();
+  if (ids.size() > static_cast<size_t>(flags.prefill_chunk)) {
+    const auto start = std::chrono::steady_clock::now();
+    options.on_prefill_progress = [start](int64_t done, int64_t total) {
+      const double s =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const double rate = done / std::max(s, 1e-9);
+      std::fprintf(stderr, "prefill: %lld/%lld tokens, %.0f tok/s, eta %.0f s\n",
+                   static_cast<long long>(done), static_cast<long long>(total), rate,
+                   (total - done) / rate);
+    };
+  }
   options.device_budget_bytes = static_cast<int64_t>(*device_mem);
   options.host_budget_bytes = static_cast<int64_t>(*host_mem);
 

@@ -100,6 +100,10 @@ absl::StatusOr<GenerateResult> Generate(model::LlamaModel& llm, const model::Tok
     absl::Status status = llm.Forward(prompt.subspan(begin, n), cache, last ? &logits : nullptr,
                                       nullptr, &result.stream);
     if (!status.ok()) return status;
+    if (options.on_prefill_progress) {
+      options.on_prefill_progress(static_cast<int64_t>(begin + n),
+                                  static_cast<int64_t>(prompt.size()));
+    }
   }
   result.prefill_seconds = Seconds(prefill_start);
   if (options.keep_prompt_logits) result.prompt_logits = logits;

@@ -29,7 +29,9 @@ struct GenerateOptions {
   int32_t prefill_chunk = 4096;  // prompt tokens per forward
   int32_t kv_block = 256;        // tokens per KV block
   kernels::KvDtype kv_dtype = kernels::KvDtype::kF32;
-  bool keep_prompt_logits = false;   // fill GenerateResult::prompt_logits
+  bool keep_prompt_logits = false;  // fill GenerateResult::prompt_logits
+  // Called after each prefill chunk with (tokens done, prompt tokens).
+  std::function<void(int64_t, int64_t)> on_prefill_progress;
   device::Device* device = nullptr;  // required; not owned
   int64_t device_budget_bytes = 0;   // 0: unlimited
   int64_t host_budget_bytes = 0;     // 0: unlimited
