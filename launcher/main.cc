@@ -4,6 +4,7 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "comm/build_info.h"
 #include "launcher/commands.h"
 #include "spdlog/spdlog.h"
 
@@ -14,7 +15,10 @@ int main(int argc, char** argv) {
   }
 
   CLI::App app{"headwise: long-context Llama-family inference with KV split across ranks"};
-  app.set_version_flag("--version", std::string("headwise ") + HEADWISE_VERSION);
+  app.set_version_flag("--version", [] {
+    return std::string("headwise ") + HEADWISE_VERSION + " (" + HEADWISE_BUILD_FEATURES + "; " +
+           headwise::comm::TransportVersions() + ")";
+  });
   app.require_subcommand(1);
 
   headwise::launcher::CommandRunner run;
