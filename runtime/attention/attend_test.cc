@@ -12,18 +12,12 @@
 #include "runtime/device/device.h"
 #include "runtime/model/llama.h"
 #include "runtime/model/synthetic_model.h"
+#include "tests/util/numerics.h"
 
 namespace headwise::attention {
 namespace {
 
-double RelL2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
+using ::headwise::testing::RelL2;
 
 TEST(AttendLongContextTest, Streams256KTokensThrough16MiB) {
   runtime::ThreadPool pool(2);

@@ -13,9 +13,12 @@
 #include "runtime/common/thread_pool.h"
 #include "runtime/device/device.h"
 #include "runtime/model/synthetic_model.h"
+#include "tests/util/numerics.h"
 
 namespace headwise::model {
 namespace {
+
+using ::headwise::testing::RelL2;
 
 using testing::BuildSyntheticModel;
 using ::testing::HasSubstr;
@@ -35,15 +38,6 @@ absl::StatusOr<Loaded> Load(const SyntheticModelSpec& spec, const kernels::Paral
   if (!model.ok()) return model.status();
   out.model = std::move(*model);
   return out;
-}
-
-double RelL2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
 }
 
 std::vector<int32_t> Prompt(int n, int vocab) {

@@ -16,9 +16,12 @@
 #include "runtime/engine/generator.h"
 #include "runtime/model/llama.h"
 #include "runtime/model/tokenizer.h"
+#include "tests/util/numerics.h"
 
 namespace headwise {
 namespace {
+
+using ::headwise::testing::RelL2;
 
 constexpr char kModel[] = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 constexpr int64_t kDeviceBudget = int64_t{24} << 20;
@@ -64,15 +67,6 @@ std::vector<int32_t> Prompt(const model::Tokenizer& tokenizer, int n) {
   }
   ids.resize(n);
   return ids;
-}
-
-double RelL2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
 }
 
 struct Case {
