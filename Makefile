@@ -52,6 +52,7 @@ bench: build model
 	@mkdir -p bench/out
 	$(BUILD)/bench/kernels_bench --benchmark_format=json --benchmark_out=bench/out/kernels_bench.json --benchmark_out_format=json
 	$(BUILD)/bench/llama_bench -m $(MODEL) --out bench/out/llama_bench.json
+	$(BUILD)/bench/offload_bench --out bench/out/offload_bench.json
 
 CXX_SOURCES = $(shell git ls-files '*.cc' '*.h' '*.cu' '*.cuh')
 

@@ -12,6 +12,7 @@
 // while a real prefill of 1M tokens is quadratic and would take hours here.
 // Writes one JSON object (bench/plot_offload.py draws it).
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -26,6 +27,8 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "CLI/CLI.hpp"
@@ -34,6 +37,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "bench/machine_info.h"
 #include "kernels/ops.h"
 #include "nlohmann/json.hpp"
@@ -109,6 +113,26 @@ std::vector<double> LoadAverage() {
   double a = 0, b = 0, c = 0;
   in >> a >> b >> c;
   return {a, b, c};
+}
+
+// Percent of all CPUs busy (any process) over `seconds`, from /proc/stat: the
+// overlap figures need the machine to themselves, so the report says.
+double CpuBusyPercent(double seconds) {
+  auto sample = [] {
+    std::ifstream in("/proc/stat");
+    std::string cpu;
+    int64_t total = 0, idle = 0, x = 0;
+    in >> cpu;
+    for (int i = 0; i < 8 && in >> x; ++i) {
+      total += x;
+      if (i == 3 || i == 4) idle += x;  // idle, iowait
+    }
+    return std::pair<int64_t, int64_t>(total, idle);
+  };
+  const auto [t0, i0] = sample();
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  const auto [t1, i1] = sample();
+  return t1 > t0 ? 100.0 * (1.0 - double(i1 - i0) / double(t1 - t0)) : 0.0;
 }
 
 double Median(std::vector<double> v) {
@@ -368,6 +392,7 @@ int main(int argc, char** argv) {
       {"benchmark", "offload_bench"},
       {"machine", headwise::bench::MachineInfo()},
       {"load_average_start", LoadAverage()},
+      {"cpu_busy_percent_before_start", CpuBusyPercent(1.0)},
       {"threads", pool.size()},
       {"blas_threads", openblas_get_num_threads()},
       {"blas_default_threads", blas_default_threads},
@@ -400,6 +425,13 @@ int main(int argc, char** argv) {
         {"overlap_step", "median over steps of step_wall / max(copy, compute)"}}},
   };
 
+  if (const double busy = report["cpu_busy_percent_before_start"].get<double>(); busy > 20) {
+    std::fprintf(stderr,
+                 "offload_bench: warning: the CPUs were %.0f%% busy before the start; copy and "
+                 "compute share cores here, so the overlap figures will be pessimistic\n",
+                 busy);
+  }
+
   // The link rate: given, or the streamed compute rate measured uncapped.
   double link_gbps = 0;
   if (run_offloaded) {
@@ -428,21 +460,42 @@ int main(int argc, char** argv) {
   }
   report["link_gbps"] = link_gbps;
 
-  if (run_offloaded && ablate_blas && blas_threads > 0 && blas_default_threads != blas_threads) {
-    std::fprintf(stderr, "ablation: OpenBLAS at its default %d threads...\n", blas_default_threads);
-    openblas_set_num_threads(blas_default_threads);
-    report["blas_ablation"] = {
-        {"blas_threads", blas_default_threads},
-        {"run", RunOne(setup, calibrate_context, Mode::kOffloaded, link_gbps, true)}};
-    openblas_set_num_threads(blas_threads);
-  }
-
   for (int64_t context : contexts) {
     if (context < 1) Die("contexts must be positive");
     if (run_resident) report["runs"].push_back(RunOne(setup, context, Mode::kResident, 0, true));
     if (run_offloaded) {
       report["runs"].push_back(RunOne(setup, context, Mode::kOffloaded, link_gbps, true));
     }
+  }
+
+  // The ablation runs in a child process: OpenBLAS's thread behaviour is set
+  // up when the library loads, and switching it back in-process does not
+  // bring the spinning workers back the way a fresh process has them.
+  if (run_offloaded && ablate_blas && blas_threads > 0 && blas_default_threads != blas_threads) {
+    std::fprintf(stderr, "ablation: OpenBLAS at its default %d threads (child process)...\n",
+                 blas_default_threads);
+    char path[] = "/tmp/offload_bench_ablation_XXXXXX";
+    const int fd = mkstemp(path);
+    if (fd < 0) Die("mkstemp failed");
+    close(fd);
+    const std::string command = absl::StrCat(
+        "'/proc/", std::to_string(getpid()), "/exe' --contexts ", std::to_string(calibrate_context),
+        " --steps ", std::to_string(steps), " --modes offloaded --link-gbps ",
+        absl::StrFormat("%.4f", link_gbps), " --blas-threads 0 --ablate-blas false --device-mem ",
+        std::to_string(*device_mem), " --kv-dtype ", dtype_text, " --threads ",
+        std::to_string(threads), " --layers ", std::to_string(layers), " --embd ",
+        std::to_string(embd), " --heads ", std::to_string(heads), " --kv-heads ",
+        std::to_string(kv_heads), " --out ", std::string(path));
+    if (std::system(command.c_str()) != 0) {
+      std::remove(path);
+      Die("the ablation run failed: " + command);
+    }
+    std::ifstream in(path);
+    const json child = json::parse(in);
+    std::remove(path);
+    report["blas_ablation"] = {{"blas_threads", child["blas_threads"]},
+                               {"command", "offload_bench --blas-threads 0 (a child process)"},
+                               {"run", child["runs"][0]}};
   }
 
   // Verdicts of the milestone's done-when targets.

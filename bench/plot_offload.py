@@ -87,13 +87,13 @@ def plot_memory(report, path):
                 "^--", color="tab:green", lw=1.6, label="head-wise offload: host tier peak")
         ax.axhline(report["device_mem_bytes"], color="tab:blue", ls=":", lw=1.2,
                    label=f"device budget ({bytes_label(report['device_mem_bytes'])})")
-        for r in off:
-            if r["kv_mode"] == "resident":
-                ax.annotate("fits: resident\non the device",
-                            (r["context_tokens"], r["device_arena_peak_bytes"]),
-                            textcoords="offset points", xytext=(4, -26), fontsize=7,
-                            color="tab:blue")
-                break
+        fits = [r for r in off if r["kv_mode"] == "resident"]
+        if fits:
+            names = ", ".join(tokens_label(r["context_tokens"]) for r in fits)
+            ax.annotate(f"{names}: the KV fits the budget,\nso it stays resident on the device",
+                        (fits[0]["context_tokens"], fits[0]["device_arena_peak_bytes"]),
+                        textcoords="offset points", xytext=(4, -28), fontsize=7,
+                        color="tab:blue")
     top = max(r["kv_bytes"] for r in rows)
     ticks = [float(1 << 20) * 4**i for i in range(12) if (1 << 20) * 4**i <= 2 * top]
     ax.set_yticks([t for t in [256 * 1024.0] + ticks])
