@@ -6,6 +6,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 
@@ -14,19 +15,57 @@
 namespace headwise::model {
 namespace {
 
-// out[n x w.rows] = x[n x w.cols] * w^T (+ bias)
-void Linear(const float* x, int64_t n, const Matrix& w, const std::vector<float>& bias,
-            float* out) {
-  if (n == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, w.rows, w.cols, 1.0f, w.data.data(), w.cols, x, 1,
-                0.0f, out, 1);
-  } else {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, w.rows, w.cols, 1.0f, x, w.cols,
-                w.data.data(), w.cols, 0.0f, out, w.rows);
+struct Projection {
+  const Matrix* w;
+  const std::vector<float>* bias;  // may be empty
+  float* out;                      // [n x w->rows]
+};
+
+// out[n x w.rows] = x[n x w.cols] * w^T (+ bias) for every projection of the
+// same input in one parallel run: the output features of all of them are
+// cut into slices run on `parallel` (BLAS itself runs single-threaded; see
+// LlamaModel::FromGguf), each slice one sgemm (or sgemv for one row). One run
+// per group keeps the pool's dispatch cost off the decode step.
+void Project(const float* x, int64_t n, std::initializer_list<Projection> projections,
+             const kernels::ParallelFor* parallel) {
+  constexpr int64_t kSlice = 128;  // output features per task
+  struct Slice {
+    const Projection* p;
+    int64_t r0, r1;
+  };
+  std::vector<Slice> slices;
+  for (const Projection& p : projections) {
+    for (int64_t r = 0; r < p.w->rows; r += kSlice) {
+      slices.push_back({&p, r, std::min(p.w->rows, r + kSlice)});
+    }
   }
-  if (!bias.empty()) {
-    for (int64_t r = 0; r < n; ++r)
-      kernels::Add(out + r * w.rows, out + r * w.rows, bias.data(), w.rows);
+  auto run = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const Matrix& w = *slices[i].p->w;
+      const int64_t r0 = slices[i].r0, r1 = slices[i].r1;
+      const float* rows = w.data.data() + r0 * w.cols;
+      float* out = slices[i].p->out + r0;
+      if (n == 1) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, r1 - r0, w.cols, 1.0f, rows, w.cols, x, 1, 0.0f,
+                    out, 1);
+      } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r1 - r0, w.cols, 1.0f, x, w.cols,
+                    rows, w.cols, 0.0f, out, w.rows);
+      }
+    }
+  };
+  const int64_t count = static_cast<int64_t>(slices.size());
+  if (parallel != nullptr) {
+    parallel->Run(count, run);
+  } else {
+    run(0, count);
+  }
+  for (const Projection& p : projections) {
+    if (p.bias == nullptr || p.bias->empty()) continue;
+    for (int64_t r = 0; r < n; ++r) {
+      float* row = p.out + r * p.w->rows;
+      kernels::Add(row, row, p.bias->data(), p.w->rows);
+    }
   }
 }
 
@@ -43,6 +82,11 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::FromGguf(
     std::unique_ptr<GgufFile> file, const kernels::ParallelFor* parallel) {
   std::unique_ptr<LlamaModel> model(new LlamaModel());
   model->parallel_ = parallel;
+  // With a pool of our own, BLAS runs single-threaded and the pool splits the
+  // GEMMs: OpenBLAS's idle workers spin in sched_yield and starved the copy
+  // engine and the attention tasks (offloaded 256K decode: 1.40x -> 1.08x of
+  // max(copy, compute) on 2 cores, docs/PERF.md).
+  if (parallel != nullptr) openblas_set_num_threads(1);
   model->file_ = std::move(file);
   const std::string& path = model->file_->path();
   absl::StatusOr<ModelInfo> info = ReadModelInfo(*model->file_);
@@ -121,22 +165,22 @@ absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, kv::KvStore& s
   for (int32_t il = 0; il < static_cast<int32_t>(info_.n_layers); ++il) {
     const LayerWeights& l = weights_->layers[il];
     kernels::RmsNorm(h.data(), x.data(), l.attn_norm.data(), n, d, eps);
-    Linear(h.data(), n, l.wq, l.bq, q.data());
-    Linear(h.data(), n, l.wk, l.bk, k.data());
-    Linear(h.data(), n, l.wv, l.bv, v.data());
+    Project(h.data(), n,
+            {{&l.wq, &l.bq, q.data()}, {&l.wk, &l.bk, k.data()}, {&l.wv, &l.bv, v.data()}},
+            parallel_);
     kernels::Rope(q.data(), pos.data(), n, info_.n_heads, info_.head_dim, rope_);
     kernels::Rope(k.data(), pos.data(), n, info_.n_kv_heads, info_.head_dim, rope_);
     attention::AttendArgs attend{
         il, n, static_cast<int32_t>(info_.n_heads), q.data(), k.data(), v.data(), attn.data()};
     if (absl::Status s = attention::Attend(store, attend, stats); !s.ok()) return s;
-    Linear(attn.data(), n, l.wo, {}, h.data());
+    Project(attn.data(), n, {{&l.wo, nullptr, h.data()}}, parallel_);
     kernels::Add(x.data(), x.data(), h.data(), n * d);
 
     kernels::RmsNorm(h.data(), x.data(), l.ffn_norm.data(), n, d, eps);
-    Linear(h.data(), n, l.w_gate, {}, gate.data());
-    Linear(h.data(), n, l.w_up, {}, up.data());
+    Project(h.data(), n, {{&l.w_gate, nullptr, gate.data()}, {&l.w_up, nullptr, up.data()}},
+            parallel_);
     kernels::SwiGlu(gate.data(), gate.data(), up.data(), n * ff);
-    Linear(gate.data(), n, l.w_down, {}, h.data());
+    Project(gate.data(), n, {{&l.w_down, nullptr, h.data()}}, parallel_);
     kernels::Add(x.data(), x.data(), h.data(), n * d);
   }
 
@@ -144,12 +188,12 @@ absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, kv::KvStore& s
   if (all_logits != nullptr) {
     kernels::RmsNorm(h.data(), x.data(), weights_->output_norm.data(), n, d, eps);
     all_logits->resize(n * vocab);
-    Linear(h.data(), n, out, {}, all_logits->data());
+    Project(h.data(), n, {{&out, nullptr, all_logits->data()}}, parallel_);
   }
   if (last_logits != nullptr) {
     kernels::RmsNorm(h.data(), x.data() + (n - 1) * d, weights_->output_norm.data(), 1, d, eps);
     last_logits->resize(vocab);
-    Linear(h.data(), 1, out, {}, last_logits->data());
+    Project(h.data(), 1, {{&out, nullptr, last_logits->data()}}, parallel_);
   }
   return absl::OkStatus();
 }
