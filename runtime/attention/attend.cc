@@ -143,7 +143,7 @@ class LayerAttention {
   }
 
   // Posts the copy of `item` into staging buffer `slot`; fills its views.
-  absl::StatusOr<device::CopyTicket> Stage(const Item& item, int slot,
+  absl::StatusOr<device::CopyTicket> Stage(const Item& item, int32_t layer, int slot,
                                            std::vector<kernels::KvBlockView>& views) {
     const int64_t block = g_.BlockBytes();
     const int64_t half = block / 2;
@@ -154,14 +154,36 @@ class LayerAttention {
     for (int32_t h = item.head_begin; h < item.head_end; ++h) {
       for (int32_t b = item.block_begin; b < item.block_end; ++b) {
         const size_t i = size_t(h - item.head_begin) * n + (b - item.block_begin);
-        absl::StatusOr<const uint8_t*> src = store_.SealedBlockData(a_.layer, h, b);
+        absl::StatusOr<const uint8_t*> src = store_.SealedBlockData(layer, h, b);
         if (!src.ok()) return src.status();
         uint8_t* dst = base + i * block;
         copies.push_back({dst, *src, static_cast<size_t>(block)});
-        views[i] = {dst, dst + half, store_.BlockTokens(a_.layer, b), b * g_.block_tokens};
+        views[i] = {dst, dst + half, store_.BlockTokens(layer, b), b * g_.block_tokens};
       }
     }
     return store_.device().PostCopy(device::CopyDirection::kToDevice, std::move(copies));
+  }
+
+  // Posts the first item of the next layer to stream (layer+1, or layer 0 of
+  // the next step) into `slot`, so the copy overlaps this layer's last
+  // compute and the dense part in between. Its sealed blocks cannot change
+  // before it runs: a layer seals only at the end of its own attention.
+  absl::Status PrefetchNextLayer(int slot) {
+    const int32_t next = (a_.layer + 1) % g_.n_layers;
+    const int32_t sealed = store_.n_sealed(next);
+    if (sealed == 0) return absl::OkStatus();
+    const Item item = Plan(sealed, nullptr).front();
+    kv::KvStore::StagedCopy& staged = store_.staged();
+    absl::StatusOr<device::CopyTicket> ticket = Stage(item, next, slot, staged.views);
+    if (!ticket.ok()) return ticket.status();
+    staged.layer = next;
+    staged.head_begin = item.head_begin;
+    staged.head_end = item.head_end;
+    staged.block_begin = item.block_begin;
+    staged.block_end = item.block_end;
+    staged.slot = slot;
+    staged.ticket = *ticket;
+    return absl::OkStatus();
   }
 
   absl::Status SealedStreamed(int32_t sealed, StreamStats* stats) {
@@ -169,13 +191,37 @@ class LayerAttention {
     EnsureScratch();
     const std::vector<Item> items = Plan(sealed, stats);
     std::vector<kernels::KvBlockView> views[2];
-    absl::StatusOr<device::CopyTicket> next = Stage(items[0], 0, views[0]);
+    // The first item may already be on its way (prefetched by the previous
+    // layer); a prefetch of anything else is waited out and dropped.
+    kv::KvStore::StagedCopy& staged = store_.staged();
+    int base = 0;
+    absl::StatusOr<device::CopyTicket> next;
+    const Item& first = items.front();
+    if (staged.layer == a_.layer && staged.head_begin == first.head_begin &&
+        staged.head_end == first.head_end && staged.block_begin == first.block_begin &&
+        staged.block_end == first.block_end) {
+      base = staged.slot;
+      next = staged.ticket;
+      views[base] = std::move(staged.views);
+    } else {
+      if (staged.ticket != 0) {
+        if (absl::Status s = store_.device().Wait(staged.ticket); !s.ok()) return s;
+      }
+      next = Stage(first, a_.layer, base, views[base]);
+    }
+    staged = kv::KvStore::StagedCopy();
+
     double wait = 0, compute = 0;
-    int64_t staged = 0;
+    int64_t staged_bytes = 0;
     for (size_t i = 0; i < items.size(); ++i) {
       if (!next.ok()) return next.status();
       const device::CopyTicket ticket = *next;
-      if (i + 1 < items.size()) next = Stage(items[i + 1], (i + 1) % 2, views[(i + 1) % 2]);
+      const int slot = static_cast<int>((base + i) % 2), other = 1 - slot;
+      if (i + 1 < items.size()) {
+        next = Stage(items[i + 1], a_.layer, other, views[other]);
+      } else if (absl::Status s = PrefetchNextLayer(other); !s.ok()) {
+        return s;
+      }
       const Clock::time_point wait_start = Clock::now();
       if (absl::Status s = store_.device().Wait(ticket); !s.ok()) return s;
       wait += Since(wait_start);
@@ -184,16 +230,16 @@ class LayerAttention {
       const int32_t n = item.block_end - item.block_begin;
       const Clock::time_point compute_start = Clock::now();
       absl::Status s =
-          store_.device().PartialAttention(Args(item.head_begin, item.head_end, views[i % 2].data(),
+          store_.device().PartialAttention(Args(item.head_begin, item.head_end, views[slot].data(),
                                                 n, false, part_o_.data(), part_lse_.data()));
       if (!s.ok()) return s;
       MergeHeads(a_.out, lse_.data(), part_o_.data(), part_lse_.data(), a_.n_rows, a_.n_heads,
                  g_.head_dim, item.head_begin * group_, item.head_end * group_);
       compute += Since(compute_start);
-      staged += int64_t(item.head_end - item.head_begin) * n * g_.BlockBytes();
+      staged_bytes += int64_t(item.head_end - item.head_begin) * n * g_.BlockBytes();
     }
     if (stats != nullptr) {
-      stats->bytes_staged += staged;
+      stats->bytes_staged += staged_bytes;
       stats->items += static_cast<int64_t>(items.size());
       stats->copy_wait_seconds += wait;
       stats->compute_seconds += compute;

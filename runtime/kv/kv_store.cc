@@ -60,6 +60,7 @@ KvStore::KvStore(const KvStoreOptions& options)
 }
 
 KvStore::~KvStore() {
+  if (staged_.ticket != 0) (void)device_->Wait(staged_.ticket);
   // Copies home read device buffers and write host blocks owned here.
   for (Block* block : in_flight_) {
     if (block->copy_home != 0) (void)device_->Wait(block->copy_home);
@@ -279,6 +280,10 @@ absl::StatusOr<const uint8_t*> KvStore::SealedBlockData(int32_t layer, int32_t h
 }
 
 absl::Status KvStore::Truncate(int64_t n_tokens) {
+  if (staged_.ticket != 0) {
+    if (absl::Status s = device_->Wait(staged_.ticket); !s.ok()) return s;
+  }
+  staged_ = StagedCopy();
   const int64_t bt = geometry_.block_tokens;
   for (int32_t layer = 0; layer < geometry_.n_layers; ++layer) {
     if (n_tokens_[layer] <= n_tokens) continue;

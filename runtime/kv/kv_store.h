@@ -108,6 +108,20 @@ class KvStore {
 
   TierStats tier_stats(Tier tier) const;
 
+  // A staging copy posted ahead of the layer that will compute on it (the
+  // attention executor's cross-layer prefetch): which layer and blocks it
+  // holds, in which staging buffer, and the views into it. At most one; the
+  // store waits for it before anything could invalidate it (Truncate,
+  // destruction).
+  struct StagedCopy {
+    int32_t layer = -1;  // -1: none
+    int32_t head_begin = 0, head_end = 0, block_begin = 0, block_end = 0;
+    int slot = 0;
+    device::CopyTicket ticket = 0;
+    std::vector<kernels::KvBlockView> views;
+  };
+  StagedCopy& staged() { return staged_; }
+
   // Drops every token at position >= n_tokens in every layer.
   absl::Status Truncate(int64_t n_tokens);
 
@@ -136,6 +150,7 @@ class KvStore {
   int64_t staging_bytes_ = 0;
   TierStats device_stats_;
   TierStats host_stats_;
+  StagedCopy staged_;
 };
 
 }  // namespace headwise::kv
