@@ -159,11 +159,9 @@ int main(int argc, char** argv) {
                  context, step * 1e3, 1.0 / step, gbps, 100 * gbps / triad);
   }
 
-  const std::string text = report.dump(2);
-  if (out_path.empty()) {
-    std::cout << text << "\n";
-  } else {
-    std::ofstream(out_path) << text << "\n";
+  if (!headwise::bench::WriteReport(report, out_path)) {
+    std::cerr << "cannot write " << out_path << "\n";
+    return 1;
   }
   return 0;
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <iostream>
 #include <thread>
 #include <vector>
 
@@ -27,6 +28,17 @@ nlohmann::json MachineInfo() {
           {"cpu", cpu},
           {"cores", std::thread::hardware_concurrency()},
           {"memory_gib", double(pages) * page / (1024.0 * 1024 * 1024)}};
+}
+
+bool WriteReport(const nlohmann::json& report, const std::string& path) {
+  const std::string text = report.dump(2);
+  if (path.empty()) {
+    std::cout << text << "\n";
+    return static_cast<bool>(std::cout);
+  }
+  std::ofstream out(path);
+  out << text << "\n";
+  return static_cast<bool>(out);
 }
 
 double TriadGBps(size_t bytes_per_array, int threads, int repeats) {

@@ -536,11 +536,9 @@ int main(int argc, char** argv) {
   report["load_average_end"] = LoadAverage();
   report["total_seconds"] = Since(bench_start);
 
-  const std::string text = report.dump(2);
-  if (out_path.empty()) {
-    std::cout << text << "\n";
-  } else {
-    std::ofstream(out_path) << text << "\n";
+  if (!headwise::bench::WriteReport(report, out_path)) {
+    std::cerr << "cannot write " << out_path << "\n";
+    return 1;
   }
   return 0;
 }
