@@ -186,46 +186,42 @@ TEST(LlamaModelTest, RejectsTokensOutsideTheVocabulary) {
   EXPECT_FALSE(loaded->model->Forward({}, *cache, &logits).ok());
 }
 
-TEST(LlamaModelTest, MissingTensorIsNamed) {
+// A malformed model: how the spec is broken, and what the error must say.
+struct Malformed {
+  const char* name;
+  void (*mutate)(SyntheticModelSpec&);
+  const char* message;
+};
+
+class MalformedModelTest : public ::testing::TestWithParam<Malformed> {};
+
+TEST_P(MalformedModelTest, FailsToLoadNamingTheProblem) {
   SyntheticModelSpec spec;
-  spec.drop_tensors = {"blk.1.ffn_up.weight"};
+  GetParam().mutate(spec);
   auto loaded = Load(spec, nullptr);
   ASSERT_FALSE(loaded.ok());
-  EXPECT_THAT(loaded.status().message(), HasSubstr("'blk.1.ffn_up.weight' is missing"));
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(loaded.status().message()), HasSubstr(GetParam().message));
 }
 
-TEST(LlamaModelTest, WrongShapeIsNamed) {
-  SyntheticModelSpec spec;
-  spec.reshape_tensor = "blk.0.attn_k.weight";
-  auto loaded = Load(spec, nullptr);
-  ASSERT_FALSE(loaded.ok());
-  EXPECT_THAT(loaded.status().message(),
-              HasSubstr("'blk.0.attn_k.weight' has shape [65, 32], expected [64, 32]"));
-}
-
-TEST(LlamaModelTest, VocabularyShorterThanEmbeddingIsAnError) {
-  SyntheticModelSpec spec;
-  spec.tokenizer_tokens = 50;
-  auto loaded = Load(spec, nullptr);
-  ASSERT_FALSE(loaded.ok());
-  EXPECT_THAT(loaded.status().message(), HasSubstr("has 50 tokens but token_embd.weight has 96"));
-}
-
-TEST(LlamaModelTest, UnsupportedArchitectureIsNamed) {
-  SyntheticModelSpec spec;
-  spec.architecture = "mamba";
-  auto loaded = Load(spec, nullptr);
-  ASSERT_FALSE(loaded.ok());
-  EXPECT_THAT(loaded.status().message(), HasSubstr("mamba"));
-}
-
-TEST(LlamaModelTest, MissingOutputNormIsNamed) {
-  SyntheticModelSpec spec;
-  spec.drop_tensors = {"output_norm.weight"};
-  auto loaded = Load(spec, nullptr);
-  ASSERT_FALSE(loaded.ok());
-  EXPECT_THAT(loaded.status().message(), HasSubstr("output_norm.weight"));
-}
+INSTANTIATE_TEST_SUITE_P(
+    Cases, MalformedModelTest,
+    ::testing::Values(
+        Malformed{"MissingTensor",
+                  [](SyntheticModelSpec& s) { s.drop_tensors = {"blk.1.ffn_up.weight"}; },
+                  "'blk.1.ffn_up.weight' is missing"},
+        Malformed{"MissingOutputNorm",
+                  [](SyntheticModelSpec& s) { s.drop_tensors = {"output_norm.weight"}; },
+                  "'output_norm.weight' is missing"},
+        Malformed{"WrongShape",
+                  [](SyntheticModelSpec& s) { s.reshape_tensor = "blk.0.attn_k.weight"; },
+                  "'blk.0.attn_k.weight' has shape [65, 32], expected [64, 32]"},
+        Malformed{"VocabularyShorterThanEmbedding",
+                  [](SyntheticModelSpec& s) { s.tokenizer_tokens = 50; },
+                  "has 50 tokens but token_embd.weight has 96"},
+        Malformed{"UnsupportedArchitecture",
+                  [](SyntheticModelSpec& s) { s.architecture = "mamba"; }, "mamba"}),
+    [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace
 }  // namespace headwise::model
