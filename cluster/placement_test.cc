@@ -1,0 +1,89 @@
+#include "cluster/placement.h"
+
+#include <map>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace headwise::cluster {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr int64_t kBlock = 1024;
+
+TEST(PlacementTest, ParsesPolicyNames) {
+  EXPECT_EQ(ParsePlacement("head-major"), PlacementPolicy::kHeadMajor);
+  EXPECT_EQ(ParsePlacement("striped"), PlacementPolicy::kStriped);
+  EXPECT_FALSE(ParsePlacement("random").has_value());
+  EXPECT_STREQ(PlacementName(PlacementPolicy::kStriped), "striped");
+}
+
+TEST(PlacementTest, HeadMajorKeepsEachHeadOnOneRankAndSpreadsHeads) {
+  auto plan = PlacementPlan::Create(PlacementPolicy::kHeadMajor, 30, 3, kBlock,
+                                    std::vector<int64_t>(4, 1000 * kBlock));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  std::map<int32_t, int> per_rank;
+  for (int32_t layer = 0; layer < 30; ++layer) {
+    for (int32_t head = 0; head < 3; ++head) {
+      const int32_t first = *plan->Place(layer, head, 0);
+      for (int32_t block = 1; block < 8; ++block) {
+        EXPECT_EQ(*plan->Place(layer, head, block), first) << layer << "/" << head;
+      }
+      ++per_rank[first];
+    }
+  }
+  ASSERT_EQ(per_rank.size(), 4u);  // 90 (layer, head) pairs over 4 ranks
+  for (auto [rank, heads] : per_rank) EXPECT_GE(heads, 22) << "rank " << rank;
+  EXPECT_EQ(plan->spilled_blocks(), 0);
+}
+
+TEST(PlacementTest, StripedDealsBlocksRoundRobin) {
+  auto plan = PlacementPlan::Create(PlacementPolicy::kStriped, 2, 2, kBlock,
+                                    std::vector<int64_t>(3, 100 * kBlock));
+  ASSERT_TRUE(plan.ok());
+  for (int32_t block = 0; block < 12; ++block) {
+    EXPECT_EQ(*plan->Place(1, 0, block), block % 3);
+    EXPECT_EQ(*plan->Place(1, 1, block), (block + 1) % 3);
+  }
+  for (int32_t r = 0; r < 3; ++r) EXPECT_EQ(plan->used_bytes(r), 8 * kBlock);
+}
+
+TEST(PlacementTest, FullRankSpillsToTheNextWithRoom) {
+  auto plan =
+      PlacementPlan::Create(PlacementPolicy::kHeadMajor, 1, 1, kBlock, {2 * kBlock, 0, 3 * kBlock});
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(*plan->Place(0, 0, 0), 0);
+  EXPECT_EQ(*plan->Place(0, 0, 1), 0);
+  EXPECT_EQ(*plan->Place(0, 0, 2), 2);  // rank 0 full, rank 1 has no pool
+  EXPECT_EQ(*plan->Place(0, 0, 1), 0);  // already placed: same home, no charge
+  EXPECT_EQ(plan->spilled_blocks(), 1);
+  EXPECT_EQ(plan->HomeOf(0, 0, 2), 2);
+  EXPECT_FALSE(plan->HomeOf(0, 0, 9).has_value());
+}
+
+TEST(PlacementTest, FullClusterIsResourceExhaustedWithTheNumbers) {
+  auto plan = PlacementPlan::Create(PlacementPolicy::kStriped, 1, 1, kBlock, {kBlock, kBlock});
+  ASSERT_TRUE(plan.ok());
+  ASSERT_TRUE(plan->Place(0, 0, 0).ok());
+  ASSERT_TRUE(plan->Place(0, 0, 1).ok());
+  auto full = plan->Place(0, 0, 2);
+  ASSERT_FALSE(full.ok());
+  EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(full.status().message()),
+              HasSubstr("rank 0 1024 bytes of 1024 bytes, rank 1 1024 bytes of 1024 bytes"));
+  plan->Release(0, 0, 0);
+  EXPECT_EQ(*plan->Place(0, 0, 2), 0);  // room again after a release
+}
+
+TEST(PlacementTest, RejectsBadShapes) {
+  EXPECT_FALSE(PlacementPlan::Create(PlacementPolicy::kStriped, 1, 1, kBlock, {}).ok());
+  EXPECT_FALSE(PlacementPlan::Create(PlacementPolicy::kStriped, 0, 1, kBlock, {kBlock}).ok());
+  EXPECT_FALSE(PlacementPlan::Create(PlacementPolicy::kStriped, 1, 1, kBlock, {-1}).ok());
+  auto plan = PlacementPlan::Create(PlacementPolicy::kStriped, 1, 1, kBlock, {kBlock});
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->Place(1, 0, 0).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace headwise::cluster
