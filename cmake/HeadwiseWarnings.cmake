@@ -13,14 +13,20 @@ if(HEADWISE_SANITIZE)
 endif()
 
 # Adds a GoogleTest executable whose tests are discovered into ctest.
-#   headwise_add_gtest(NAME name SOURCES a.cc ... LIBS lib ... [LABELS l ...])
+#   headwise_add_gtest(NAME name SOURCES a.cc ... LIBS lib ... [LABELS label])
 function(headwise_add_gtest)
   cmake_parse_arguments(T "" "NAME" "SOURCES;LIBS;LABELS" ${ARGN})
   add_executable(${T_NAME} ${T_SOURCES})
   headwise_target_defaults(${T_NAME})
   target_link_libraries(${T_NAME} PRIVATE ${T_LIBS} GTest::gtest GTest::gmock GTest::gtest_main)
+  # One label per test (`unit` unless LABELS names one): a list does not
+  # survive gtest_discover_tests' PROPERTIES.
+  set(label unit)
+  if(T_LABELS)
+    list(GET T_LABELS 0 label)
+  endif()
   gtest_discover_tests(${T_NAME}
     WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
-    PROPERTIES LABELS "unit;${T_LABELS}"
+    PROPERTIES LABELS ${label}
     DISCOVERY_TIMEOUT 60)
 endfunction()
