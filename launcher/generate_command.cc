@@ -136,9 +136,17 @@ int RunGenerate(const GenerateFlags& flags) {
         device::MakeSimDevice({static_cast<int64_t>(*device_mem), flags.sim_link_gbps}, &pool);
     if (!sim.ok()) return Fail(sim.status());
     device = std::move(*sim);
+  } else if (flags.device == "cuda") {
+    if (*device_mem == 0) {
+      return Fail(absl::InvalidArgumentError("--device cuda needs --device-mem (its KV budget)"));
+    }
+    absl::StatusOr<std::unique_ptr<device::Device>> cuda =
+        device::MakeCudaDevice({static_cast<int64_t>(*device_mem), 0});
+    if (!cuda.ok()) return Fail(cuda.status());
+    device = std::move(*cuda);
   } else {
-    return Fail(absl::InvalidArgumentError("--device must be cpu or sim, got '" + flags.device +
-                                           "' (cuda arrives with the CUDA backend)"));
+    return Fail(absl::InvalidArgumentError("--device must be cpu, sim or cuda, got '" +
+                                           flags.device + "'"));
   }
   absl::StatusOr<std::unique_ptr<model::LlamaModel>> llm =
       model::LlamaModel::Load(flags.model, &pool);
@@ -276,9 +284,12 @@ void RegisterGenerateCommand(CLI::App& app, CommandRunner& run) {
       ->envname(EnvTwin("prefill-chunk"))
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--device", flags->device, "Compute device: cpu or sim")->capture_default_str();
-  cmd->add_option("--device-mem", flags->device_mem,
-                  "Device memory for KV (e.g. 64MiB; 0: unlimited on cpu, required for sim)")
+  cmd->add_option("--device", flags->device,
+                  "Compute device: cpu, sim or cuda (attention and KV on the GPU)")
+      ->capture_default_str();
+  cmd->add_option(
+         "--device-mem", flags->device_mem,
+         "Device memory for KV (e.g. 64MiB; 0: unlimited on cpu, required for sim and cuda)")
       ->capture_default_str();
   cmd->add_option("--host-mem", flags->host_mem, "Host KV pool budget (0: unlimited)")
       ->capture_default_str();

@@ -67,4 +67,11 @@ absl::Status Device::RunPartialAttention(const kernels::PartialAttentionArgs& ar
   return absl::OkStatus();
 }
 
+#ifndef HEADWISE_HAVE_CUDA
+absl::StatusOr<std::unique_ptr<Device>> MakeCudaDevice(const CudaDeviceOptions&) {
+  return absl::UnimplementedError(
+      "this headwise was built without CUDA (nvcc was not found at configure time)");
+}
+#endif
+
 }  // namespace headwise::device

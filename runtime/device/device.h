@@ -25,6 +25,9 @@ struct DeviceCapabilities {
   bool zero_copy_host = false;
   // Transfers run concurrently with compute (a copy engine).
   bool async_copy = false;
+  // The CPU may write device memory through its pointers (cpu, sim). When
+  // false (cuda), data reaches device memory only through PostCopy.
+  bool host_writes_device_memory = true;
 };
 
 // One contiguous copy of `bytes` from `src` to `dst`. For ToDevice, dst is in
@@ -151,6 +154,19 @@ struct SimDeviceOptions {
   // (memcpy speed). `--sim-link-gbps` means the same unit.
   double link_gbps = 0;
 };
+
+struct CudaDeviceOptions {
+  int64_t memory_bytes = 0;  // KV budget in HBM (blocks + staging); > 0
+  int ordinal = 0;           // CUDA device number
+};
+
+// The cuda device: KV blocks and staging in HBM within the budget, a copy
+// stream for PostCopy (events as tickets) and a compute stream for the split-KV
+// attention kernel. PartialAttention takes q/q_pos/o/lse and the block-view
+// array in host memory (activations live on the host until the GPU forward
+// lands) and moves them with 2-D copies around the kernel. Unavailable when
+// the build has no CUDA or no GPU is visible; errors name the CUDA call.
+absl::StatusOr<std::unique_ptr<Device>> MakeCudaDevice(const CudaDeviceOptions& options);
 
 // The cpu device: host memory, zero copy, synchronous "copies" (memcpy).
 // `parallel` (may be null: serial) must outlive the device.

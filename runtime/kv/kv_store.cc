@@ -199,9 +199,9 @@ absl::Status KvStore::Append(int32_t layer, const float* k, const float* v, int6
   const int64_t hd = g.head_dim;
   const int64_t elem = static_cast<int64_t>(kernels::KvDtypeSize(g.dtype));
   const int64_t half = int64_t(g.block_tokens) * hd * elem;  // bytes of K in a block
-  int64_t pos = n_tokens_[layer];
-  for (int64_t r = 0; r < rows; ++r, ++pos) {
-    const int64_t index = pos / g.block_tokens, in_block = pos % g.block_tokens;
+  const int64_t first = n_tokens_[layer];
+  for (int64_t pos = first; pos < first + rows; ++pos) {
+    const int64_t index = pos / g.block_tokens;
     for (int32_t h = 0; h < g.n_kv_heads; ++h) {
       auto& head = blocks_[layer][h];
       if (static_cast<int64_t>(head.size()) == index) {
@@ -209,15 +209,42 @@ absl::Status KvStore::Append(int32_t layer, const float* k, const float* v, int6
         if (!block.ok()) return block.status();
         head.push_back(std::move(*block));
       }
-      Block& block = *head[index];
-      uint8_t* at = block.data + in_block * hd * elem;
-      kernels::ToKvDtype(g.dtype, k + r * row_stride + h * hd, at, hd);
-      kernels::ToKvDtype(g.dtype, v + r * row_stride + h * hd, at + half, hd);
-      block.n_tokens = static_cast<int32_t>(in_block + 1);
+      head[index]->n_tokens = static_cast<int32_t>(pos % g.block_tokens + 1);
     }
-    n_tokens_[layer] = pos + 1;
   }
-  return absl::OkStatus();
+  n_tokens_[layer] = first + rows;
+
+  // Rows land in the blocks directly when the CPU can write device memory;
+  // otherwise (cuda) they are converted on the host and copied, one K and
+  // one V range per (kv head, block) touched.
+  const bool direct = zero_copy_ || device_->capabilities().host_writes_device_memory;
+  std::vector<uint8_t> converted(direct ? 0 : size_t(2 * rows * g.n_kv_heads * hd * elem));
+  std::vector<device::CopyItem> copies;
+  for (int32_t h = 0; h < g.n_kv_heads; ++h) {
+    for (int64_t r = 0; r < rows;) {
+      const int64_t pos = first + r, in_block = pos % g.block_tokens;
+      const int64_t n = std::min<int64_t>(rows - r, g.block_tokens - in_block);
+      Block& block = *blocks_[layer][h][pos / g.block_tokens];
+      uint8_t* k_dst = block.data + in_block * hd * elem;
+      uint8_t* v_dst = k_dst + half;
+      uint8_t* k_out = direct ? k_dst : converted.data() + ((int64_t(h) * rows + r) * hd * elem);
+      uint8_t* v_out = direct ? v_dst : k_out + int64_t(g.n_kv_heads) * rows * hd * elem;
+      for (int64_t i = 0; i < n; ++i) {
+        kernels::ToKvDtype(g.dtype, k + (r + i) * row_stride + h * hd, k_out + i * hd * elem, hd);
+        kernels::ToKvDtype(g.dtype, v + (r + i) * row_stride + h * hd, v_out + i * hd * elem, hd);
+      }
+      if (!direct) {
+        copies.push_back({k_dst, k_out, static_cast<size_t>(n * hd * elem)});
+        copies.push_back({v_dst, v_out, static_cast<size_t>(n * hd * elem)});
+      }
+      r += n;
+    }
+  }
+  if (copies.empty()) return absl::OkStatus();
+  absl::StatusOr<device::CopyTicket> ticket =
+      device_->PostCopy(device::CopyDirection::kToDevice, std::move(copies));
+  if (!ticket.ok()) return ticket.status();
+  return device_->Wait(*ticket);
 }
 
 absl::Status KvStore::SendHome(Block& block) {
