@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <ostream>
 #include <random>
 #include <string>
 
@@ -75,6 +76,11 @@ struct Case {
   kernels::KvDtype dtype;
   std::vector<int> blocks;
 };
+
+// Readable parameters in test names and failure messages.
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.prompt_tokens << " tokens, " << kernels::KvDtypeName(c.dtype) << " KV";
+}
 
 class SmolLm2OffloadTest : public ::testing::TestWithParam<Case> {};
 
