@@ -89,6 +89,21 @@ class CudaDevice final : public Device {
     return {.zero_copy_host = false, .async_copy = true, .host_writes_device_memory = false};
   }
 
+  void* AllocateHost(size_t bytes) override {
+    void* data = nullptr;
+    if (cudaError_t err = cudaHostAlloc(&data, bytes, cudaHostAllocDefault); err != cudaSuccess) {
+      spdlog::error("cudaHostAlloc({} bytes): {}", bytes, cudaGetErrorString(err));
+      return nullptr;
+    }
+    return data;
+  }
+
+  void FreeHost(void* data) override {
+    if (cudaError_t err = cudaFreeHost(data); err != cudaSuccess) {
+      spdlog::error("cudaFreeHost: {}", cudaGetErrorString(err));
+    }
+  }
+
   DeviceMemoryStats memory_stats() const override {
     std::lock_guard<std::mutex> lock(mutex_);
     return {options_.memory_bytes, used_, peak_};

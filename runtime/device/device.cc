@@ -4,6 +4,8 @@
 // sim devices both compute with.
 #include "runtime/device/device.h"
 
+#include <cstdlib>
+
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -66,6 +68,13 @@ absl::Status Device::RunPartialAttention(const kernels::PartialAttentionArgs& ar
   }
   return absl::OkStatus();
 }
+
+void* Device::AllocateHost(size_t bytes) {
+  const size_t rounded = (bytes + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment;
+  return std::aligned_alloc(kDeviceAlignment, rounded);
+}
+
+void Device::FreeHost(void* data) { std::free(data); }
 
 #ifndef HEADWISE_HAVE_CUDA
 absl::StatusOr<std::unique_ptr<Device>> MakeCudaDevice(const CudaDeviceOptions&) {

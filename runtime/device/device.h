@@ -104,6 +104,13 @@ class Device {
   absl::StatusOr<DeviceBuffer> Allocate(size_t bytes);
   virtual DeviceMemoryStats memory_stats() const = 0;
 
+  // Host memory for KV blocks, as this device copies it fastest: page-locked
+  // on cuda (so PostCopy is truly asynchronous), plain memory elsewhere;
+  // aligned to kDeviceAlignment. nullptr when out of memory. Give it back with
+  // FreeHost once no copy touches it. Thread-safe.
+  virtual void* AllocateHost(size_t bytes);
+  virtual void FreeHost(void* data);
+
   // Starts copying every item of `items` in `direction`; returns at once. The
   // memory named by the items must stay valid and untouched until Wait (or a
   // Poll that returned true) for the ticket. Items of one batch complete in

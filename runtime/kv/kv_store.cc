@@ -22,19 +22,15 @@ std::string Bytes(int64_t bytes) {
   return absl::StrCat(bytes, " bytes");
 }
 
-struct HostFree {
-  void operator()(uint8_t* p) const { std::free(p); }
-};
-
 }  // namespace
 
 struct KvStore::Block {
   Tier tier = Tier::kDevice;
   uint8_t* data = nullptr;  // K then V, where the block can be read now
   int32_t n_tokens = 0;
-  device::DeviceBuffer device_buffer;       // while on the device
-  std::unique_ptr<uint8_t, HostFree> host;  // once it has a host copy
-  device::CopyTicket copy_home = 0;         // ToHost copy in flight
+  device::DeviceBuffer device_buffer;  // while on the device
+  uint8_t* host = nullptr;             // once it has a host block (owned by the pool)
+  device::CopyTicket copy_home = 0;    // ToHost copy in flight
 };
 
 int64_t KvGeometry::BlockBytes() const {
@@ -65,6 +61,39 @@ KvStore::~KvStore() {
   for (Block* block : in_flight_) {
     if (block->copy_home != 0) (void)device_->Wait(block->copy_home);
   }
+  for (void* chunk : host_chunks_) device_->FreeHost(chunk);
+}
+
+absl::StatusOr<uint8_t*> KvStore::AcquireHostBlock() {
+  const int64_t bytes = geometry_.BlockBytes();
+  if (host_stats_.budget_bytes > 0 && host_stats_.used_bytes + bytes > host_stats_.budget_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("host KV pool full: ", Bytes(host_stats_.used_bytes), " of ",
+                     Bytes(host_stats_.budget_bytes), " in use, a block needs ", Bytes(bytes),
+                     "; raise --host-mem"));
+  }
+  if (host_free_.empty()) {
+    // Chunks of several blocks: page-locking (cuda) is costly per call.
+    const int64_t per_chunk = std::max<int64_t>(1, (int64_t{4} << 20) / bytes);
+    void* chunk = device_->AllocateHost(static_cast<size_t>(per_chunk * bytes));
+    if (chunk == nullptr) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("out of host memory for ", Bytes(per_chunk * bytes), " of KV blocks"));
+    }
+    host_chunks_.push_back(chunk);
+    for (int64_t i = per_chunk - 1; i >= 0; --i) {
+      host_free_.push_back(static_cast<uint8_t*>(chunk) + i * bytes);
+    }
+  }
+  uint8_t* block = host_free_.back();
+  host_free_.pop_back();
+  TrackHost(bytes);
+  return block;
+}
+
+void KvStore::ReleaseHostBlock(uint8_t* data) {
+  host_free_.push_back(data);
+  TrackHost(-geometry_.BlockBytes());
 }
 
 absl::StatusOr<std::unique_ptr<KvStore>> KvStore::Create(const KvStoreOptions& options) {
@@ -164,17 +193,10 @@ absl::StatusOr<std::unique_ptr<KvStore::Block>> KvStore::NewOpenBlock() {
   const int64_t bytes = geometry_.BlockBytes();
   auto block = std::make_unique<Block>();
   if (zero_copy_) {
-    if (host_stats_.budget_bytes > 0 && host_stats_.used_bytes + bytes > host_stats_.budget_bytes) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("host KV pool full: ", Bytes(host_stats_.used_bytes), " of ",
-                       Bytes(host_stats_.budget_bytes), " in use, a block needs ", Bytes(bytes),
-                       "; raise --host-mem"));
-    }
-    block->host.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes)));
-    if (!block->host) return absl::ResourceExhaustedError("out of host memory for a KV block");
+    absl::StatusOr<uint8_t*> host = AcquireHostBlock();
+    if (!host.ok()) return host.status();
     block->tier = Tier::kHost;
-    block->data = block->host.get();
-    TrackHost(bytes);
+    block->host = block->data = *host;
     return block;
   }
   ReclaimFinishedCopies();
@@ -249,21 +271,15 @@ absl::Status KvStore::Append(int32_t layer, const float* k, const float* v, int6
 
 absl::Status KvStore::SendHome(Block& block) {
   const int64_t bytes = geometry_.BlockBytes();
-  if (host_stats_.budget_bytes > 0 && host_stats_.used_bytes + bytes > host_stats_.budget_bytes) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("host KV pool full: ", Bytes(host_stats_.used_bytes), " of ",
-                     Bytes(host_stats_.budget_bytes), " in use, a block needs ", Bytes(bytes),
-                     "; raise --host-mem"));
-  }
-  block.host.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes)));
-  if (!block.host) return absl::ResourceExhaustedError("out of host memory for a KV block");
-  TrackHost(bytes);
+  absl::StatusOr<uint8_t*> host = AcquireHostBlock();
+  if (!host.ok()) return host.status();
+  block.host = *host;
   absl::StatusOr<device::CopyTicket> ticket = device_->PostCopy(
-      device::CopyDirection::kToHost, {{block.host.get(), block.data, static_cast<size_t>(bytes)}});
+      device::CopyDirection::kToHost, {{block.host, block.data, static_cast<size_t>(bytes)}});
   if (!ticket.ok()) return ticket.status();
   block.copy_home = *ticket;
   block.tier = Tier::kHost;
-  block.data = block.host.get();
+  block.data = block.host;
   in_flight_.push_back(&block);
   return absl::OkStatus();
 }
@@ -325,7 +341,7 @@ absl::Status KvStore::Truncate(int64_t n_tokens) {
         in_flight_.erase(std::remove(in_flight_.begin(), in_flight_.end(), &block),
                          in_flight_.end());
         if (block.device_buffer) TrackDevice(-static_cast<int64_t>(block.device_buffer.size()));
-        if (block.host) TrackHost(-geometry_.BlockBytes());
+        if (block.host != nullptr) ReleaseHostBlock(block.host);
       }
       head.resize(keep);
       if (keep > 0) head.back()->n_tokens = static_cast<int32_t>(n_tokens - (keep - 1) * bt);
@@ -353,15 +369,15 @@ absl::Status KvStore::ReopenTail(Block& block) {
   absl::StatusOr<std::unique_ptr<Block>> fresh = NewOpenBlock();
   if (!fresh.ok()) return fresh.status();
   const size_t bytes = static_cast<size_t>(geometry_.BlockBytes());
-  absl::StatusOr<device::CopyTicket> ticket = device_->PostCopy(
-      device::CopyDirection::kToDevice, {{(*fresh)->data, block.host.get(), bytes}});
+  absl::StatusOr<device::CopyTicket> ticket =
+      device_->PostCopy(device::CopyDirection::kToDevice, {{(*fresh)->data, block.host, bytes}});
   if (!ticket.ok()) return ticket.status();
   if (absl::Status s = device_->Wait(*ticket); !s.ok()) return s;
   block.device_buffer = std::move((*fresh)->device_buffer);
   block.data = static_cast<uint8_t*>(block.device_buffer.data());
   block.tier = Tier::kDevice;
-  block.host.reset();
-  TrackHost(-static_cast<int64_t>(bytes));
+  ReleaseHostBlock(block.host);
+  block.host = nullptr;
   return absl::OkStatus();
 }
 

@@ -131,6 +131,10 @@ class KvStore {
   absl::Status Init();
   absl::StatusOr<std::unique_ptr<Block>> NewOpenBlock();
   absl::Status SendHome(Block& block);
+  // A host block from the pool (chunks from Device::AllocateHost), charged to
+  // the host tier; ResourceExhausted past --host-mem.
+  absl::StatusOr<uint8_t*> AcquireHostBlock();
+  void ReleaseHostBlock(uint8_t* data);
   absl::Status ReopenTail(Block& block);
   void ReclaimFinishedCopies();
   void TrackDevice(int64_t delta);
@@ -151,6 +155,8 @@ class KvStore {
   TierStats device_stats_;
   TierStats host_stats_;
   StagedCopy staged_;
+  std::vector<uint8_t*> host_free_;  // free blocks of the host pool
+  std::vector<void*> host_chunks_;   // what Device::AllocateHost returned
 };
 
 }  // namespace headwise::kv
