@@ -63,7 +63,30 @@ struct PartialAttentionArgs {
 
 inline constexpr int32_t kMaxHeadDim = 256;
 
-// nullptr when args are consistent, else a static message naming the problem.
+// The checks every backend shares: shapes, strides, pointers and dtype, but
+// not the blocks' contents (a GPU backend's blocks are not readable on the
+// host). nullptr when consistent, else a static message naming the problem.
+inline const char* PartialAttentionShapeError(const PartialAttentionArgs& a) {
+  if (a.head_dim < 1 || a.head_dim > kMaxHeadDim) return "head_dim out of range [1, 256]";
+  if (a.group_size < 1) return "group_size < 1";
+  if (a.n_kv_heads < 1) return "n_kv_heads < 1";
+  if (a.n_rows < 0) return "n_rows < 0";
+  if (a.n_blocks < 0) return "n_blocks < 0";
+  if (a.n_rows == 0) return nullptr;
+  if (a.q == nullptr || a.o == nullptr || a.lse == nullptr) return "q, o or lse is null";
+  if (a.causal && a.q_pos == nullptr) return "causal without q_pos";
+  if (a.n_blocks > 0 && a.blocks == nullptr) return "blocks is null";
+  const int64_t heads = static_cast<int64_t>(a.n_kv_heads) * a.group_size;
+  if (a.q_row_stride != 0 && a.q_row_stride < heads * a.head_dim) return "q_row_stride too small";
+  if (a.o_row_stride != 0 && a.o_row_stride < heads * a.head_dim) return "o_row_stride too small";
+  if (a.lse_row_stride != 0 && a.lse_row_stride < heads) return "lse_row_stride too small";
+  if (a.kv_dtype != KvDtype::kF32 && a.kv_dtype != KvDtype::kF16 && a.kv_dtype != KvDtype::kBF16) {
+    return "unknown kv_dtype";
+  }
+  return nullptr;
+}
+
+// PartialAttentionShapeError plus the blocks' contents (host-readable views).
 const char* PartialAttentionArgsError(const PartialAttentionArgs& args);
 
 // Computes, for every (row, q head), softmax attention over the unmasked keys

@@ -282,22 +282,8 @@ void RunTile(const PartialAttentionArgs& a, int32_t kv_head, int64_t first_query
 }  // namespace
 
 const char* PartialAttentionArgsError(const PartialAttentionArgs& a) {
-  if (a.head_dim < 1 || a.head_dim > kMaxHeadDim) return "head_dim out of range [1, 256]";
-  if (a.group_size < 1) return "group_size < 1";
-  if (a.n_kv_heads < 1) return "n_kv_heads < 1";
-  if (a.n_rows < 0) return "n_rows < 0";
-  if (a.n_blocks < 0) return "n_blocks < 0";
+  if (const char* error = PartialAttentionShapeError(a)) return error;
   if (a.n_rows == 0) return nullptr;
-  if (a.q == nullptr || a.o == nullptr || a.lse == nullptr) return "q, o or lse is null";
-  if (a.causal && a.q_pos == nullptr) return "causal without q_pos";
-  if (a.n_blocks > 0 && a.blocks == nullptr) return "blocks is null";
-  const int64_t heads = static_cast<int64_t>(a.n_kv_heads) * a.group_size;
-  if (a.q_row_stride != 0 && a.q_row_stride < heads * a.head_dim) return "q_row_stride too small";
-  if (a.o_row_stride != 0 && a.o_row_stride < heads * a.head_dim) return "o_row_stride too small";
-  if (a.lse_row_stride != 0 && a.lse_row_stride < heads) return "lse_row_stride too small";
-  if (a.kv_dtype != KvDtype::kF32 && a.kv_dtype != KvDtype::kF16 && a.kv_dtype != KvDtype::kBF16) {
-    return "unknown kv_dtype";
-  }
   for (int64_t b = 0; b < static_cast<int64_t>(a.n_kv_heads) * a.n_blocks; ++b) {
     const KvBlockView& blk = a.blocks[b];
     if (blk.n_tokens < 0) return "block with n_tokens < 0";
