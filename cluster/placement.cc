@@ -1,6 +1,9 @@
 // Placement policies and spill; see placement.h.
 #include "cluster/placement.h"
 
+#include <algorithm>
+#include <functional>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -44,6 +47,9 @@ absl::StatusOr<PlacementPlan> PlacementPlan::Create(PlacementPolicy policy, int3
   plan.n_kv_heads_ = n_kv_heads;
   plan.block_bytes_ = block_bytes;
   plan.used_bytes_.assign(pool_bytes.size(), 0);
+  plan.peak_bytes_.assign(pool_bytes.size(), 0);
+  plan.free_slots_.resize(pool_bytes.size());
+  plan.next_slot_.assign(pool_bytes.size(), 0);
   plan.pool_bytes_ = std::move(pool_bytes);
   return plan;
 }
@@ -71,13 +77,23 @@ absl::StatusOr<int32_t> PlacementPlan::Place(int32_t layer, int32_t kv_head, int
         absl::StrCat("no block (layer ", layer, ", kv head ", kv_head, ", block ", block, ")"));
   }
   const uint64_t key = Key(layer, kv_head, block);
-  if (auto it = homes_.find(key); it != homes_.end()) return it->second;
+  if (auto it = homes_.find(key); it != homes_.end()) return it->second.rank;
   const int32_t preferred = PreferredRank(layer, kv_head, block);
   for (int32_t step = 0; step < world_size(); ++step) {
     const int32_t rank = (preferred + step) % world_size();
     if (used_bytes_[rank] + block_bytes_ > pool_bytes_[rank]) continue;
     used_bytes_[rank] += block_bytes_;
-    homes_.emplace(key, rank);
+    peak_bytes_[rank] = std::max(peak_bytes_[rank], used_bytes_[rank]);
+    int64_t slot = next_slot_[rank];
+    if (std::vector<int64_t>& free = free_slots_[rank]; !free.empty()) {
+      // Lowest released slot first (free is a min-heap).
+      std::pop_heap(free.begin(), free.end(), std::greater<>());
+      slot = free.back();
+      free.pop_back();
+    } else {
+      ++next_slot_[rank];
+    }
+    homes_.emplace(key, Home{rank, slot});
     if (step > 0) ++spilled_blocks_;
     return rank;
   }
@@ -93,14 +109,25 @@ absl::StatusOr<int32_t> PlacementPlan::Place(int32_t layer, int32_t kv_head, int
 }
 
 std::optional<int32_t> PlacementPlan::HomeOf(int32_t layer, int32_t kv_head, int32_t block) const {
-  if (auto it = homes_.find(Key(layer, kv_head, block)); it != homes_.end()) return it->second;
+  if (auto it = homes_.find(Key(layer, kv_head, block)); it != homes_.end()) {
+    return it->second.rank;
+  }
   return std::nullopt;
+}
+
+int64_t PlacementPlan::SlotOf(int32_t layer, int32_t kv_head, int32_t block) const {
+  auto it = homes_.find(Key(layer, kv_head, block));
+  return it == homes_.end() ? -1 : it->second.slot;
 }
 
 void PlacementPlan::Release(int32_t layer, int32_t kv_head, int32_t block) {
   auto it = homes_.find(Key(layer, kv_head, block));
   if (it == homes_.end()) return;
-  used_bytes_[it->second] -= block_bytes_;
+  const Home home = it->second;
+  used_bytes_[home.rank] -= block_bytes_;
+  std::vector<int64_t>& free = free_slots_[home.rank];
+  free.push_back(home.slot);
+  std::push_heap(free.begin(), free.end(), std::greater<>());
   homes_.erase(it);
 }
 

@@ -45,10 +45,15 @@ class PlacementPlan {
   absl::StatusOr<int32_t> Place(int32_t layer, int32_t kv_head, int32_t block);
   // The home of a placed block; nullopt when it was never placed.
   std::optional<int32_t> HomeOf(int32_t layer, int32_t kv_head, int32_t block) const;
+  // The slot of a placed block in its home rank's pool (the block lies at
+  // slot * block_bytes); -1 when it was never placed. Slots are reused after
+  // Release, lowest first.
+  int64_t SlotOf(int32_t layer, int32_t kv_head, int32_t block) const;
   // Frees a placed block's bytes (truncation, session close).
   void Release(int32_t layer, int32_t kv_head, int32_t block);
 
   int64_t used_bytes(int32_t rank) const { return used_bytes_[rank]; }
+  int64_t peak_bytes(int32_t rank) const { return peak_bytes_[rank]; }
   int64_t pool_bytes(int32_t rank) const { return pool_bytes_[rank]; }
   int64_t spilled_blocks() const { return spilled_blocks_; }
 
@@ -61,8 +66,15 @@ class PlacementPlan {
   int32_t n_kv_heads_ = 0;
   int64_t block_bytes_ = 0;
   std::vector<int64_t> pool_bytes_;
+  struct Home {
+    int32_t rank;
+    int64_t slot;
+  };
   std::vector<int64_t> used_bytes_;
-  std::unordered_map<uint64_t, int32_t> homes_;
+  std::vector<int64_t> peak_bytes_;
+  std::vector<std::vector<int64_t>> free_slots_;  // per rank, released slots
+  std::vector<int64_t> next_slot_;                // per rank, never used yet
+  std::unordered_map<uint64_t, Home> homes_;
   int64_t spilled_blocks_ = 0;
 };
 

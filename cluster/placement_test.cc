@@ -85,5 +85,24 @@ TEST(PlacementTest, RejectsBadShapes) {
   EXPECT_EQ(plan->Place(1, 0, 0).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(PlacementTest, SlotsArePerRankAndReusedLowestFirst) {
+  auto plan =
+      PlacementPlan::Create(PlacementPolicy::kStriped, 1, 1, kBlock, {4 * kBlock, 4 * kBlock});
+  ASSERT_TRUE(plan.ok());
+  for (int32_t block = 0; block < 6; ++block) ASSERT_TRUE(plan->Place(0, 0, block).ok());
+  EXPECT_EQ(plan->SlotOf(0, 0, 0), 0);  // rank 0
+  EXPECT_EQ(plan->SlotOf(0, 0, 1), 0);  // rank 1
+  EXPECT_EQ(plan->SlotOf(0, 0, 4), 2);  // rank 0's third block
+  EXPECT_EQ(plan->SlotOf(0, 0, 9), -1);
+  plan->Release(0, 0, 2);
+  plan->Release(0, 0, 0);
+  EXPECT_EQ(plan->peak_bytes(0), 3 * kBlock);
+  ASSERT_EQ(*plan->Place(0, 0, 6), 0);
+  EXPECT_EQ(plan->SlotOf(0, 0, 6), 0);
+  ASSERT_EQ(*plan->Place(0, 0, 8), 0);
+  EXPECT_EQ(plan->SlotOf(0, 0, 8), 1);
+  EXPECT_EQ(plan->used_bytes(0), 3 * kBlock);
+}
+
 }  // namespace
 }  // namespace headwise::cluster

@@ -1,5 +1,7 @@
-// `headwise generate`: one prompt, generated locally on the cpu device with the
-// exact policy, streamed to stdout; throughput to stderr; optional stats JSON.
+// `headwise generate`: one prompt, generated with the exact policy, streamed
+// to stdout; throughput to stderr; optional stats JSON. Under mpirun/srun
+// (more than one rank) rank 0 generates with its KV spread over every rank's
+// pool and the other ranks serve as memory ranks until it is done.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -8,9 +10,11 @@
 #include <sstream>
 
 #include "cluster/world.h"
+#include "launcher/cluster_session.h"
 #include "launcher/commands.h"
 #include "launcher/options.h"
 #include "nlohmann/json.hpp"
+#include "runtime/attention/remote.h"
 #include "runtime/common/thread_pool.h"
 #include "runtime/device/device.h"
 #include "runtime/engine/generator.h"
@@ -44,6 +48,9 @@ struct GenerateFlags {
   std::string device_mem = "0";
   std::string host_mem = "0";
   double sim_link_gbps = 0;
+  std::string placement = "head-major";
+  std::string mode = "auto";
+  double peer_timeout = 10;
   std::string stats_json;
   std::string dump_logits;
 };
@@ -59,9 +66,52 @@ nlohmann::json TierJson(const kv::TierStats& tier) {
           {"budget_bytes", tier.budget_bytes}};
 }
 
-absl::Status WriteStats(const std::string& path, const GenerateFlags& flags,
-                        const model::LlamaModel& llm, const engine::GenerateResult& result) {
+// Every rank's line of the stats: tiers, and bytes sent/received as the
+// coordinator counted them (it initiates every transfer).
+nlohmann::json RankStats(const engine::GenerateResult& result, ClusterSession* cluster,
+                         const std::vector<attention::MemoryRankStats>& memory) {
   const cluster::LaunchInfo launch = cluster::DetectLaunch();
+  nlohmann::json rank0 = {
+      {"rank", 0},
+      {"role", "coordinator"},
+      {"hostname", launch.hostname},
+      {"tiers", {{"device", TierJson(result.device_tier)}, {"host", TierJson(result.host_tier)}}},
+      {"bytes_to_device", result.copies.bytes_to_device},
+      {"bytes_to_host", result.copies.bytes_to_host},
+      {"bytes_sent", 0},
+      {"bytes_received", 0}};
+  nlohmann::json ranks = nlohmann::json::array({rank0});
+  if (cluster == nullptr) return ranks;
+  comm::KvTransport& transport = cluster->transport();
+  int64_t sent = 0, received = 0;
+  for (int r = 1; r < transport.size(); ++r) {
+    const comm::PeerTraffic traffic = transport.traffic(r);
+    sent += traffic.bytes_sent;
+    received += traffic.bytes_received;
+    const kv::TierStats pool = r < static_cast<int>(result.rank_pools.size())
+                                   ? result.rank_pools[r]
+                                   : kv::TierStats{0, 0, transport.peers()[r].pool_bytes};
+    const attention::MemoryRankStats& m = memory[r];
+    ranks.push_back({{"rank", r},
+                     {"role", "memory"},
+                     {"hostname", transport.peers()[r].hostname},
+                     {"tiers", {{"host", TierJson(pool)}}},
+                     {"bytes_sent", traffic.bytes_received},
+                     {"bytes_received", traffic.bytes_sent},
+                     {"calls", traffic.calls},
+                     {"delegate_calls", m.delegate_calls},
+                     {"attention_bytes", m.kv_bytes_attended},
+                     {"attention_seconds", m.attention_seconds}});
+  }
+  ranks[0]["bytes_sent"] = sent;
+  ranks[0]["bytes_received"] = received;
+  return ranks;
+}
+
+absl::Status WriteStats(const std::string& path, const GenerateFlags& flags,
+                        const model::LlamaModel& llm, const engine::GenerateResult& result,
+                        ClusterSession* cluster,
+                        const std::vector<attention::MemoryRankStats>& memory) {
   nlohmann::json stats = {
       {"model", flags.model},
       {"architecture", llm.info().architecture},
@@ -88,15 +138,14 @@ absl::Status WriteStats(const std::string& path, const GenerateFlags& flags,
       {"stream_wall_seconds", result.stream.wall_seconds},
       {"overlap_seconds", std::max(0.0, result.copies.busy_seconds + result.stream.compute_seconds -
                                             result.stream.wall_seconds)},
-      {"ranks",
-       {{{"rank", 0},
-         {"hostname", launch.hostname},
-         {"tiers",
-          {{"device", TierJson(result.device_tier)}, {"host", TierJson(result.host_tier)}}},
-         {"bytes_to_device", result.copies.bytes_to_device},
-         {"bytes_to_host", result.copies.bytes_to_host},
-         {"bytes_sent", 0},
-         {"bytes_received", 0}}}},
+      {"world_size", cluster == nullptr ? 1 : cluster->transport().size()},
+      {"placement", flags.placement},
+      {"mode", flags.mode},
+      {"delegate_calls", result.stream.delegate_calls},
+      {"pull_items", result.stream.pull_items},
+      {"bytes_pulled", result.stream.bytes_pulled},
+      {"remote_wait_seconds", result.stream.remote_wait_seconds},
+      {"ranks", RankStats(result, cluster, memory)},
   };
   std::ofstream out(path);
   out << stats.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
@@ -123,6 +172,36 @@ int RunGenerate(const GenerateFlags& flags) {
   if (!device_mem.ok()) return Fail(device_mem.status());
   absl::StatusOr<uint64_t> host_mem = ParseBytes(flags.host_mem);
   if (!host_mem.ok()) return Fail(host_mem.status());
+  std::optional<cluster::PlacementPolicy> placement = cluster::ParsePlacement(flags.placement);
+  if (!placement) {
+    return Fail(absl::InvalidArgumentError("--placement must be head-major or striped, got '" +
+                                           flags.placement + "'"));
+  }
+  std::optional<cluster::ExecMode> mode = cluster::ParseExecMode(flags.mode);
+  if (!mode) {
+    return Fail(absl::InvalidArgumentError("--mode must be auto, pull or delegate, got '" +
+                                           flags.mode + "'"));
+  }
+  if (!(flags.peer_timeout > 0)) {
+    return Fail(absl::InvalidArgumentError("--peer-timeout must be > 0 seconds"));
+  }
+
+  // Under mpirun/srun: every rank joins; memory ranks serve until rank 0 is done.
+  std::unique_ptr<ClusterSession> cluster;
+  if (const cluster::LaunchInfo launch = cluster::DetectLaunch(); launch.is_distributed()) {
+    absl::StatusOr<std::unique_ptr<ClusterSession>> started = ClusterSession::Start(
+        launch, static_cast<int64_t>(*host_mem), absl::Seconds(flags.peer_timeout));
+    if (!started.ok()) return Fail(started.status());
+    cluster = std::move(*started);
+    if (!cluster->coordinator()) return cluster->ServeMemoryRank(flags.threads);
+  }
+  // From here on, a failure on the coordinator of a distributed run ends the
+  // whole job: memory ranks would otherwise wait for a stop that never comes.
+  auto fail = [&cluster](const absl::Status& status) {
+    const int code = Fail(status);
+    if (cluster != nullptr) cluster->Abort(code);
+    return code;
+  };
 
   runtime::ThreadPool pool(flags.threads);
   std::unique_ptr<device::Device> device;
@@ -130,34 +209,34 @@ int RunGenerate(const GenerateFlags& flags) {
     device = device::MakeCpuDevice(&pool);
   } else if (flags.device == "sim") {
     if (*device_mem == 0) {
-      return Fail(absl::InvalidArgumentError("--device sim needs --device-mem (its arena size)"));
+      return fail(absl::InvalidArgumentError("--device sim needs --device-mem (its arena size)"));
     }
     absl::StatusOr<std::unique_ptr<device::Device>> sim =
         device::MakeSimDevice({static_cast<int64_t>(*device_mem), flags.sim_link_gbps}, &pool);
-    if (!sim.ok()) return Fail(sim.status());
+    if (!sim.ok()) return fail(sim.status());
     device = std::move(*sim);
   } else if (flags.device == "cuda") {
     if (*device_mem == 0) {
-      return Fail(absl::InvalidArgumentError("--device cuda needs --device-mem (its KV budget)"));
+      return fail(absl::InvalidArgumentError("--device cuda needs --device-mem (its KV budget)"));
     }
     absl::StatusOr<std::unique_ptr<device::Device>> cuda =
         device::MakeCudaDevice({static_cast<int64_t>(*device_mem), 0});
-    if (!cuda.ok()) return Fail(cuda.status());
+    if (!cuda.ok()) return fail(cuda.status());
     device = std::move(*cuda);
   } else {
-    return Fail(absl::InvalidArgumentError("--device must be cpu, sim or cuda, got '" +
+    return fail(absl::InvalidArgumentError("--device must be cpu, sim or cuda, got '" +
                                            flags.device + "'"));
   }
   absl::StatusOr<std::unique_ptr<model::LlamaModel>> llm =
       model::LlamaModel::Load(flags.model, &pool);
-  if (!llm.ok()) return Fail(llm.status());
+  if (!llm.ok()) return fail(llm.status());
   absl::StatusOr<model::Tokenizer> tokenizer = model::Tokenizer::FromGguf((*llm)->file());
-  if (!tokenizer.ok()) return Fail(tokenizer.status());
+  if (!tokenizer.ok()) return fail(tokenizer.status());
 
   if (flags.chat) {
     absl::StatusOr<std::string> chat_template = (*llm)->file().GetString("tokenizer.chat_template");
     if (!chat_template.ok()) {
-      return Fail(absl::InvalidArgumentError(
+      return fail(absl::InvalidArgumentError(
           "--chat needs a chat template, and the model has no tokenizer.chat_template"));
     }
     std::vector<model::ChatMessage> messages;
@@ -165,7 +244,7 @@ int RunGenerate(const GenerateFlags& flags) {
     messages.push_back({"user", prompt});
     absl::StatusOr<std::string> templated =
         model::ApplyChatTemplate(*chat_template, messages, true);
-    if (!templated.ok()) return Fail(templated.status());
+    if (!templated.ok()) return fail(templated.status());
     prompt = *templated;
   }
   const std::vector<int32_t> ids = tokenizer->Encode(prompt, /*add_special=*/true,
@@ -199,12 +278,18 @@ int RunGenerate(const GenerateFlags& flags) {
   }
   options.device_budget_bytes = static_cast<int64_t>(*device_mem);
   options.host_budget_bytes = static_cast<int64_t>(*host_mem);
+  if (cluster != nullptr) {
+    options.transport = &cluster->transport();
+    options.placement = *placement;
+    options.mode = *mode;
+    options.costs = cluster->costs();
+  }
 
   absl::StatusOr<engine::GenerateResult> result =
       engine::Generate(**llm, *tokenizer, ids, options,
                        [](std::string_view text) { std::cout << text << std::flush; });
   std::cout << "\n" << std::flush;
-  if (!result.ok()) return Fail(result.status());
+  if (!result.ok()) return fail(result.status());
 
   std::fprintf(stderr,
                "prefill: %zu tokens in %.2f s (%.1f tok/s) | decode: %zu tokens in %.2f s "
@@ -222,15 +307,32 @@ int RunGenerate(const GenerateFlags& flags) {
                  result->host_tier.peak_bytes / 1048576.0, result->copies.busy_seconds,
                  result->stream.compute_seconds, result->stream.wall_seconds);
   }
+  std::vector<attention::MemoryRankStats> memory;
+  if (cluster != nullptr) {
+    absl::StatusOr<std::vector<attention::MemoryRankStats>> collected =
+        attention::CollectMemoryRankStats(cluster->transport());
+    if (!collected.ok()) return fail(collected.status());
+    memory = std::move(*collected);
+    if (absl::Status s = cluster->StopMemoryRanks(); !s.ok()) return fail(s);
+    if (result->stream.delegate_calls + result->stream.pull_items > 0) {
+      std::fprintf(stderr,
+                   "cluster: %lld delegate calls, %lld pulled items (%.1f MiB), waited %.2f s "
+                   "for delegated partials\n",
+                   static_cast<long long>(result->stream.delegate_calls),
+                   static_cast<long long>(result->stream.pull_items),
+                   result->stream.bytes_pulled / 1048576.0, result->stream.remote_wait_seconds);
+    }
+  }
   if (!flags.stats_json.empty()) {
-    if (absl::Status s = WriteStats(flags.stats_json, flags, **llm, *result); !s.ok())
-      return Fail(s);
+    if (absl::Status s = WriteStats(flags.stats_json, flags, **llm, *result, cluster.get(), memory);
+        !s.ok())
+      return fail(s);
   }
   if (!flags.dump_logits.empty()) {
     std::ofstream out(flags.dump_logits, std::ios::binary);
     out.write(reinterpret_cast<const char*>(result->prompt_logits.data()),
               static_cast<std::streamsize>(result->prompt_logits.size() * sizeof(float)));
-    if (!out) return Fail(absl::UnavailableError("cannot write logits to " + flags.dump_logits));
+    if (!out) return fail(absl::UnavailableError("cannot write logits to " + flags.dump_logits));
   }
   return 0;
 }
@@ -239,7 +341,8 @@ int RunGenerate(const GenerateFlags& flags) {
 
 void RegisterGenerateCommand(CLI::App& app, CommandRunner& run) {
   auto flags = std::make_shared<GenerateFlags>();
-  CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt (local, cpu device)");
+  CLI::App* cmd = app.add_subcommand(
+      "generate", "Generate text from a prompt (one process, or distributed under mpirun/srun)");
   AddModelOption(*cmd, flags->model);
   auto* prompt = cmd->add_option("-p,--prompt", flags->prompt, "Prompt text");
   auto* file = cmd->add_option("-f,--file", flags->prompt_file, "Read the prompt from a file");
@@ -295,6 +398,16 @@ void RegisterGenerateCommand(CLI::App& app, CommandRunner& run) {
       ->capture_default_str();
   cmd->add_option("--sim-link-gbps", flags->sim_link_gbps,
                   "sim device host<->device link cap in GB/s (0: memcpy speed)")
+      ->capture_default_str();
+  cmd->add_option("--placement", flags->placement,
+                  "Where sealed KV blocks live across ranks: head-major or striped")
+      ->capture_default_str();
+  cmd->add_option("--mode", flags->mode,
+                  "Remote partials: auto (cost model), pull (read KV here) or delegate (compute "
+                  "where the KV is)")
+      ->capture_default_str();
+  cmd->add_option("--peer-timeout", flags->peer_timeout,
+                  "Seconds a rank may stay silent before its requests fail UNAVAILABLE")
       ->capture_default_str();
   cmd->add_option("--stats-json", flags->stats_json, "Write run statistics as JSON to this file")
       ->envname(EnvTwin("stats-json"));

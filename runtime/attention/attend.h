@@ -3,8 +3,13 @@
 // partial over the open blocks (causal) is merged by LSE with the partials
 // over the sealed blocks, which are computed in place when the device can
 // reach them, or streamed head group by head group through two staging
-// buffers (the copy of group g+1 overlaps the compute of group g). Full open
-// blocks are then sealed and sent home.
+// buffers (the copy of group g+1 overlaps the compute of group g). In a
+// distributed store, blocks homed on other ranks are either delegated (the
+// queries go out first, the rank computes while this one does its own part,
+// (o, lse) comes back) or pulled (read over the transport into landing or
+// staging buffers and computed here, pipelined like local streaming); the
+// mode per (layer, rank) comes from the store's ExecMode and cost model.
+// Full open blocks are then sealed and sent home.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +38,11 @@ struct StreamStats {
   double copy_wait_seconds = 0;  // compute thread blocked on copies
   double compute_seconds = 0;    // partials over staged blocks
   double wall_seconds = 0;       // the whole streamed part
+  // Distributed stores: partials over other ranks' blocks.
+  int64_t delegate_calls = 0;      // requests sent (one per rank and layer)
+  int64_t pull_items = 0;          // staged items read from other ranks
+  int64_t bytes_pulled = 0;        // KV bytes read from other ranks
+  double remote_wait_seconds = 0;  // compute thread blocked on delegate replies
 };
 
 // Runs attention for args.n_rows new tokens at positions store.n_tokens(layer)

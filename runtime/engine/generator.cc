@@ -86,6 +86,10 @@ absl::StatusOr<GenerateResult> Generate(model::LlamaModel& llm, const model::Tok
   store_options.host_budget_bytes = options.host_budget_bytes;
   store_options.capacity_tokens = needed;
   store_options.max_append_tokens = options.prefill_chunk;
+  store_options.transport = options.transport;
+  store_options.placement = options.placement;
+  store_options.mode = options.mode;
+  store_options.costs = options.costs;
   absl::StatusOr<std::unique_ptr<kv::KvStore>> store = kv::KvStore::Create(store_options);
   if (!store.ok()) return store.status();
   kv::KvStore& cache = **store;
@@ -158,6 +162,12 @@ absl::StatusOr<GenerateResult> Generate(model::LlamaModel& llm, const model::Tok
   result.decode_seconds = Seconds(decode_start);
   result.device_tier = cache.tier_stats(kv::Tier::kDevice);
   result.host_tier = cache.tier_stats(kv::Tier::kHost);
+  if (const cluster::PlacementPlan* plan = cache.placement(); plan != nullptr) {
+    for (int32_t r = 0; r < plan->world_size(); ++r) {
+      result.rank_pools.push_back({plan->used_bytes(r), plan->peak_bytes(r),
+                                   r == 0 ? options.host_budget_bytes : plan->pool_bytes(r)});
+    }
+  }
   const device::CopyStats copies_after = options.device->copy_stats();
   result.copies.bytes_to_device = copies_after.bytes_to_device - copies_before.bytes_to_device;
   result.copies.bytes_to_host = copies_after.bytes_to_host - copies_before.bytes_to_host;

@@ -35,6 +35,11 @@ struct GenerateOptions {
   device::Device* device = nullptr;  // required; not owned
   int64_t device_budget_bytes = 0;   // 0: unlimited
   int64_t host_budget_bytes = 0;     // 0: unlimited
+  // Distributed KV (this process is the coordinator): see KvStoreOptions.
+  comm::KvTransport* transport = nullptr;  // not owned; null: one process
+  cluster::PlacementPolicy placement = cluster::PlacementPolicy::kHeadMajor;
+  cluster::ExecMode mode = cluster::ExecMode::kAuto;
+  cluster::CostModel costs;
 };
 
 enum class FinishReason { kStop, kLength };
@@ -50,6 +55,9 @@ struct GenerateResult {
   kv::KvMode kv_mode = kv::KvMode::kResident;
   kv::TierStats device_tier;
   kv::TierStats host_tier;
+  // Distributed runs: every rank's share of the sealed blocks (rank 0's is
+  // part of host_tier/device_tier too), by rank.
+  std::vector<kv::TierStats> rank_pools;
   attention::StreamStats stream;
   device::CopyStats copies;
   double prefill_tokens_per_s() const;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -31,6 +32,11 @@ struct KvStore::Block {
   device::DeviceBuffer device_buffer;  // while on the device
   uint8_t* host = nullptr;             // once it has a host block (owned by the pool)
   device::CopyTicket copy_home = 0;    // ToHost copy in flight
+  // Remote homes (tier kRemote): the rank, the slot in its pool, and the put
+  // in flight (from `host`, which is released once it landed).
+  int32_t rank = 0;
+  int64_t slot = -1;
+  comm::RmaTicket put = 0;
 };
 
 int64_t KvGeometry::BlockBytes() const {
@@ -41,7 +47,17 @@ int64_t KvGeometry::TokenBytes() const {
   return 2 * int64_t(n_layers) * n_kv_heads * head_dim * int64_t(kernels::KvDtypeSize(dtype));
 }
 
-const char* TierName(Tier tier) { return tier == Tier::kDevice ? "device" : "host"; }
+const char* TierName(Tier tier) {
+  switch (tier) {
+    case Tier::kDevice:
+      return "device";
+    case Tier::kHost:
+      return "host";
+    case Tier::kRemote:
+      return "remote";
+  }
+  return "?";
+}
 
 KvStore::KvStore(const KvStoreOptions& options)
     : geometry_(options.geometry),
@@ -60,8 +76,12 @@ KvStore::~KvStore() {
   // Copies home read device buffers and write host blocks owned here.
   for (Block* block : in_flight_) {
     if (block->copy_home != 0) (void)device_->Wait(block->copy_home);
+    if (block->put != 0) (void)options_.transport->Wait(block->put);
   }
   for (void* chunk : host_chunks_) device_->FreeHost(chunk);
+  for (void* landing : landing_) {
+    if (landing != nullptr) device_->FreeHost(landing);
+  }
 }
 
 absl::StatusOr<uint8_t*> KvStore::AcquireHostBlock() {
@@ -118,9 +138,31 @@ absl::Status KvStore::Init() {
   const int64_t budget = options_.device_budget_bytes;
   const int64_t capacity_blocks =
       (std::max<int64_t>(options_.capacity_tokens, 1) + g.block_tokens - 1) / g.block_tokens;
-  if (zero_copy_ || budget == 0 || budget >= heads * capacity_blocks * block) {
+  if (options_.transport != nullptr && options_.transport->size() > 1) {
+    const comm::KvTransport& transport = *options_.transport;
+    std::vector<int64_t> pools;
+    // This rank's share is its host budget (unlimited: as large as a plan
+    // can count); the others' are their registered pools.
+    pools.push_back(options_.host_budget_bytes > 0 ? options_.host_budget_bytes
+                                                   : std::numeric_limits<int64_t>::max() / 4);
+    for (int r = 1; r < transport.size(); ++r) pools.push_back(transport.peers()[r].pool_bytes);
+    absl::StatusOr<cluster::PlacementPlan> plan = cluster::PlacementPlan::Create(
+        options_.placement, g.n_layers, g.n_kv_heads, block, std::move(pools));
+    if (!plan.ok()) return plan.status();
+    placement_ = std::move(*plan);
+  }
+  // Blocks homed on other ranks leave the device, so a distributed store on a
+  // device with its own memory always streams (its staging buffers also land
+  // pulled blocks).
+  if (zero_copy_ ||
+      ((budget == 0 || budget >= heads * capacity_blocks * block) && !distributed())) {
     mode_ = KvMode::kResident;
     return absl::OkStatus();
+  }
+  if (budget == 0) {
+    return absl::InvalidArgumentError(
+        "a distributed KV store on a device with its own memory needs a device budget "
+        "(--device-mem)");
   }
   mode_ = KvMode::kStreaming;
   // Device memory in streaming mode: one open tail per (layer, kv head), the
@@ -176,7 +218,8 @@ Tier KvStore::BlockTier(int32_t layer, int32_t head, int32_t block) const {
   return blocks_[layer][head][block]->tier;
 }
 
-void KvStore::ReclaimFinishedCopies() {
+absl::Status KvStore::ReclaimFinishedCopies() {
+  absl::Status status;
   auto done = [&](Block* block) {
     if (block->copy_home != 0 && !device_->Poll(block->copy_home)) return false;
     block->copy_home = 0;
@@ -184,9 +227,103 @@ void KvStore::ReclaimFinishedCopies() {
       TrackDevice(-static_cast<int64_t>(block->device_buffer.size()));
       block->device_buffer = device::DeviceBuffer();
     }
+    if (block->tier != Tier::kRemote) return true;
+    comm::KvTransport& transport = *options_.transport;
+    const int64_t bytes = geometry_.BlockBytes();
+    if (block->put == 0) {
+      absl::StatusOr<comm::RmaTicket> put = transport.PostPuts(
+          block->rank,
+          {{block->host, static_cast<uint64_t>(block->slot * bytes), static_cast<size_t>(bytes)}});
+      if (!put.ok()) {
+        status.Update(put.status());
+        return false;
+      }
+      block->put = *put;
+    }
+    if (!transport.Poll(block->put)) return false;
+    status.Update(transport.Wait(block->put));
+    block->put = 0;
+    ReleaseHostBlock(block->host);
+    block->host = block->data = nullptr;
     return true;
   };
   in_flight_.erase(std::remove_if(in_flight_.begin(), in_flight_.end(), done), in_flight_.end());
+  return status;
+}
+
+absl::Status KvStore::AwaitRemoteHomes() {
+  for (Block* block : in_flight_) {
+    if (block->tier != Tier::kRemote) continue;
+    if (block->copy_home != 0) {
+      if (absl::Status s = device_->Wait(block->copy_home); !s.ok()) return s;
+    }
+  }
+  if (absl::Status s = ReclaimFinishedCopies(); !s.ok()) return s;
+  for (Block* block : in_flight_) {
+    if (block->tier != Tier::kRemote || block->put == 0) continue;
+    absl::Status s = options_.transport->Wait(block->put);
+    block->put = 0;
+    if (!s.ok()) return s;
+    ReleaseHostBlock(block->host);
+    block->host = block->data = nullptr;
+  }
+  in_flight_.erase(std::remove_if(in_flight_.begin(), in_flight_.end(),
+                                  [](Block* b) { return b->tier == Tier::kRemote; }),
+                   in_flight_.end());
+  return absl::OkStatus();
+}
+
+absl::Status KvStore::SendRemote(Block& block, int32_t rank, int64_t slot) {
+  block.rank = rank;
+  block.slot = slot;
+  if (!zero_copy_) {
+    // Off the device through a host block first; the put starts from there.
+    absl::StatusOr<uint8_t*> host = AcquireHostBlock();
+    if (!host.ok()) return host.status();
+    block.host = *host;
+    absl::StatusOr<device::CopyTicket> ticket =
+        device_->PostCopy(device::CopyDirection::kToHost,
+                          {{block.host, block.data, static_cast<size_t>(geometry_.BlockBytes())}});
+    if (!ticket.ok()) return ticket.status();
+    block.copy_home = *ticket;
+  }
+  block.tier = Tier::kRemote;
+  block.data = nullptr;
+  in_flight_.push_back(&block);
+  return absl::OkStatus();
+}
+
+int32_t KvStore::BlockRank(int32_t layer, int32_t head, int32_t block) const {
+  return blocks_[layer][head][block]->rank;
+}
+
+int64_t KvStore::RemoteOffset(int32_t layer, int32_t head, int32_t block) const {
+  const Block& b = *blocks_[layer][head][block];
+  return b.tier == Tier::kRemote ? b.slot * geometry_.BlockBytes() : -1;
+}
+
+kernels::KvBlockView KvStore::View(int32_t layer, int32_t head, int32_t block) const {
+  const int64_t half = int64_t(geometry_.block_tokens) * geometry_.head_dim *
+                       int64_t(kernels::KvDtypeSize(geometry_.dtype));
+  const Block& b = *blocks_[layer][head][block];
+  return {b.data, b.data + half, b.n_tokens, block * geometry_.block_tokens};
+}
+
+int64_t KvStore::landing_bytes() const {
+  const int64_t block = geometry_.BlockBytes();
+  if (mode_ == KvMode::kStreaming) return staging_bytes_;
+  return std::max(block, options_.pull_buffer_bytes / block * block);
+}
+
+absl::StatusOr<uint8_t*> KvStore::Landing(int index) {
+  if (landing_[index] == nullptr) {
+    landing_[index] = device_->AllocateHost(static_cast<size_t>(landing_bytes()));
+    if (landing_[index] == nullptr) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("out of host memory for a ", Bytes(landing_bytes()), " pull buffer"));
+    }
+  }
+  return static_cast<uint8_t*>(landing_[index]);
 }
 
 absl::StatusOr<std::unique_ptr<KvStore::Block>> KvStore::NewOpenBlock() {
@@ -199,12 +336,17 @@ absl::StatusOr<std::unique_ptr<KvStore::Block>> KvStore::NewOpenBlock() {
     block->host = block->data = *host;
     return block;
   }
-  ReclaimFinishedCopies();
+  if (absl::Status s = ReclaimFinishedCopies(); !s.ok()) return s;
   absl::StatusOr<device::DeviceBuffer> buffer = device_->Allocate(bytes);
   // Device memory short: the copies home still hold buffers; wait for them.
   while (!buffer.ok() && absl::IsResourceExhausted(buffer.status()) && !in_flight_.empty()) {
-    if (absl::Status s = device_->Wait(in_flight_.front()->copy_home); !s.ok()) return s;
-    ReclaimFinishedCopies();
+    const device::CopyTicket oldest = in_flight_.front()->copy_home;
+    if (oldest != 0) {
+      if (absl::Status s = device_->Wait(oldest); !s.ok()) return s;
+    } else if (absl::Status s = AwaitRemoteHomes(); !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = ReclaimFinishedCopies(); !s.ok()) return s;
     buffer = device_->Allocate(bytes);
   }
   if (!buffer.ok()) return buffer.status();
@@ -288,13 +430,24 @@ absl::Status KvStore::Seal(int32_t layer) {
   const int32_t full = static_cast<int32_t>(n_tokens_[layer] / geometry_.block_tokens);
   for (int32_t b = n_sealed_[layer]; b < full; ++b) {
     for (int32_t h = 0; h < geometry_.n_kv_heads; ++h) {
+      Block& block = *blocks_[layer][h][b];
+      if (placement_) {
+        absl::StatusOr<int32_t> rank = placement_->Place(layer, h, b);
+        if (!rank.ok()) return rank.status();
+        if (*rank != 0) {
+          if (absl::Status s = SendRemote(block, *rank, placement_->SlotOf(layer, h, b)); !s.ok())
+            return s;
+          continue;
+        }
+      }
       if (mode_ == KvMode::kStreaming) {
-        if (absl::Status s = SendHome(*blocks_[layer][h][b]); !s.ok()) return s;
+        if (absl::Status s = SendHome(block); !s.ok()) return s;
       }
     }
   }
   n_sealed_[layer] = std::max(n_sealed_[layer], full);
-  return absl::OkStatus();
+  // Zero-copy blocks can start their puts at once.
+  return placement_ ? ReclaimFinishedCopies() : absl::OkStatus();
 }
 
 void KvStore::Views(int32_t layer, int32_t begin, int32_t end,
@@ -315,9 +468,13 @@ void KvStore::Views(int32_t layer, int32_t begin, int32_t end,
 absl::StatusOr<const uint8_t*> KvStore::SealedBlockData(int32_t layer, int32_t head,
                                                         int32_t block) {
   Block& b = *blocks_[layer][head][block];
+  if (b.tier == Tier::kRemote) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "block (layer ", layer, ", kv head ", head, ", block ", block, ") lives on rank ", b.rank));
+  }
   if (b.copy_home != 0) {
     if (absl::Status s = device_->Wait(b.copy_home); !s.ok()) return s;
-    ReclaimFinishedCopies();
+    if (absl::Status s = ReclaimFinishedCopies(); !s.ok()) return s;
   }
   return b.data;
 }
@@ -327,6 +484,9 @@ absl::Status KvStore::Truncate(int64_t n_tokens) {
     if (absl::Status s = device_->Wait(staged_.ticket); !s.ok()) return s;
   }
   staged_ = StagedCopy();
+  if (placement_) {
+    if (absl::Status s = AwaitRemoteHomes(); !s.ok()) return s;
+  }
   const int64_t bt = geometry_.block_tokens;
   for (int32_t layer = 0; layer < geometry_.n_layers; ++layer) {
     if (n_tokens_[layer] <= n_tokens) continue;
@@ -342,6 +502,9 @@ absl::Status KvStore::Truncate(int64_t n_tokens) {
                          in_flight_.end());
         if (block.device_buffer) TrackDevice(-static_cast<int64_t>(block.device_buffer.size()));
         if (block.host != nullptr) ReleaseHostBlock(block.host);
+        if (placement_)
+          placement_->Release(layer, static_cast<int32_t>(&head - &blocks_[layer][0]),
+                              static_cast<int32_t>(b));
       }
       head.resize(keep);
       if (keep > 0) head.back()->n_tokens = static_cast<int32_t>(n_tokens - (keep - 1) * bt);
@@ -351,8 +514,9 @@ absl::Status KvStore::Truncate(int64_t n_tokens) {
     if (keep > full && n_sealed_[layer] > full) {
       // The cut block is partly filled again: it is the tail, and tails live
       // on the device, so a block already sent home comes back.
-      for (auto& head : blocks_[layer]) {
-        if (absl::Status s = ReopenTail(*head.back()); !s.ok()) return s;
+      for (int32_t h = 0; h < geometry_.n_kv_heads; ++h) {
+        if (absl::Status s = ReopenTail(*blocks_[layer][h].back()); !s.ok()) return s;
+        if (placement_) placement_->Release(layer, h, static_cast<int32_t>(keep - 1));
       }
     }
     n_sealed_[layer] = std::min(n_sealed_[layer], full);
@@ -361,10 +525,25 @@ absl::Status KvStore::Truncate(int64_t n_tokens) {
 }
 
 absl::Status KvStore::ReopenTail(Block& block) {
+  if (block.tier == Tier::kRemote) {
+    // Fetch it back from its home rank into a host block first.
+    absl::StatusOr<uint8_t*> host = AcquireHostBlock();
+    if (!host.ok()) return host.status();
+    const int64_t bytes = geometry_.BlockBytes();
+    absl::StatusOr<comm::RmaTicket> get = options_.transport->PostGets(
+        block.rank,
+        {{*host, static_cast<uint64_t>(block.slot * bytes), static_cast<size_t>(bytes)}});
+    if (!get.ok()) return get.status();
+    if (absl::Status s = options_.transport->Wait(*get); !s.ok()) return s;
+    block.tier = Tier::kHost;
+    block.host = block.data = *host;
+    block.rank = 0;
+    block.slot = -1;
+  }
   if (block.tier == Tier::kDevice || zero_copy_) return absl::OkStatus();
   if (block.copy_home != 0) {
     if (absl::Status s = device_->Wait(block.copy_home); !s.ok()) return s;
-    ReclaimFinishedCopies();
+    if (absl::Status s = ReclaimFinishedCopies(); !s.ok()) return s;
   }
   absl::StatusOr<std::unique_ptr<Block>> fresh = NewOpenBlock();
   if (!fresh.ok()) return fresh.status();

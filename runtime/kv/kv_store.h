@@ -9,11 +9,15 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "cluster/cost_model.h"
+#include "cluster/placement.h"
+#include "comm/kv_transport.h"
 #include "kernels/attention.h"
 #include "kernels/ops.h"
 #include "runtime/device/device.h"
@@ -33,7 +37,8 @@ struct KvGeometry {
   int64_t TokenBytes() const;
 };
 
-enum class Tier : uint8_t { kDevice = 0, kHost = 1 };
+// kRemote: in another rank's pool (distributed stores only).
+enum class Tier : uint8_t { kDevice = 0, kHost = 1, kRemote = 2 };
 const char* TierName(Tier tier);
 
 struct TierStats {
@@ -54,6 +59,19 @@ struct KvStoreOptions {
   int64_t capacity_tokens = 0;
   // The most tokens one Append brings (the prefill chunk).
   int32_t max_append_tokens = 4096;
+
+  // Distributed KV (DESIGN.md "placement"): with a transport of more than
+  // one rank, this store is the coordinator's; every sealed block gets a home
+  // rank from `placement`, and blocks homed elsewhere are put into that
+  // rank's pool (transport offsets = slot * BlockBytes) and leave this rank.
+  // This rank's own share is bounded by host_budget_bytes.
+  comm::KvTransport* transport = nullptr;  // not owned
+  cluster::PlacementPolicy placement = cluster::PlacementPolicy::kHeadMajor;
+  cluster::ExecMode mode = cluster::ExecMode::kAuto;
+  cluster::CostModel costs;
+  // Host landing buffers for pulled blocks on zero-copy devices (two of
+  // them); streaming stores land pulls in their staging buffers' size.
+  int64_t pull_buffer_bytes = int64_t{8} << 20;
 };
 
 // How a store keeps its blocks, decided once at creation.
@@ -125,6 +143,24 @@ class KvStore {
   // Drops every token at position >= n_tokens in every layer.
   absl::Status Truncate(int64_t n_tokens);
 
+  // Distributed stores. A block's home rank (0: here) and its offset in that
+  // rank's pool (-1 for blocks here).
+  bool distributed() const { return placement_.has_value(); }
+  comm::KvTransport* transport() const { return options_.transport; }
+  const KvStoreOptions& options() const { return options_; }
+  const cluster::PlacementPlan* placement() const { return placement_ ? &*placement_ : nullptr; }
+  int32_t BlockRank(int32_t layer, int32_t head, int32_t block) const;
+  int64_t RemoteOffset(int32_t layer, int32_t head, int32_t block) const;
+  // Waits until every block sent to another rank is visible there (a
+  // delegate or pull of those blocks must not overtake their put).
+  absl::Status AwaitRemoteHomes();
+  // The view of one block this device can compute on (see Views).
+  kernels::KvBlockView View(int32_t layer, int32_t head, int32_t block) const;
+  // Host landing buffer `index` (0 or 1) for pulled blocks, of
+  // landing_bytes(); allocated on first use.
+  absl::StatusOr<uint8_t*> Landing(int index);
+  int64_t landing_bytes() const;
+
  private:
   struct Block;
   explicit KvStore(const KvStoreOptions& options);
@@ -136,7 +172,11 @@ class KvStore {
   absl::StatusOr<uint8_t*> AcquireHostBlock();
   void ReleaseHostBlock(uint8_t* data);
   absl::Status ReopenTail(Block& block);
-  void ReclaimFinishedCopies();
+  absl::Status SendRemote(Block& block, int32_t rank, int64_t slot);
+  // Retires finished copies home; for remote homes posts the put once the
+  // block is on the host and frees it once the put landed. Errors of the
+  // puts are returned (the block is lost to its home rank).
+  absl::Status ReclaimFinishedCopies();
   void TrackDevice(int64_t delta);
   void TrackHost(int64_t delta);
 
@@ -157,6 +197,8 @@ class KvStore {
   StagedCopy staged_;
   std::vector<uint8_t*> host_free_;  // free blocks of the host pool
   std::vector<void*> host_chunks_;   // what Device::AllocateHost returned
+  std::optional<cluster::PlacementPlan> placement_;
+  void* landing_[2] = {nullptr, nullptr};  // Device::AllocateHost'd
 };
 
 }  // namespace headwise::kv

@@ -1,0 +1,240 @@
+// The distributed KV path in one process: LoopbackWorld ranks hold the pools
+// and answer delegate calls with MemoryRank, so every placement x mode x
+// world size x coordinator device runs the real executor and protocol and
+// must give the single-process all-resident run's greedy tokens and logits.
+// FaultyTransport shows a lost rank surfaces as UNAVAILABLE naming it.
+#include <algorithm>
+#include <memory>
+#include <random>
+#include <string>
+
+#include "comm/loopback_transport.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "runtime/attention/attend.h"
+#include "runtime/attention/remote.h"
+#include "runtime/common/thread_pool.h"
+#include "runtime/device/device.h"
+#include "runtime/model/llama.h"
+#include "runtime/model/synthetic_model.h"
+#include "tests/util/numerics.h"
+
+namespace headwise::attention {
+namespace {
+
+using ::headwise::testing::RelL2;
+using ::testing::HasSubstr;
+
+constexpr int32_t kBlock = 32, kChunk = 160, kPrompt = 700, kNew = 6;
+
+struct RunResult {
+  std::vector<float> prompt_logits;
+  std::vector<int32_t> tokens;
+  StreamStats stats;
+};
+
+class DistributedTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    pool_ = new runtime::ThreadPool(2);
+    model::testing::SyntheticModelSpec spec;
+    spec.n_layers = 3;
+    spec.n_embd = 96;
+    spec.n_heads = 6;
+    spec.n_kv_heads = 3;  // like SmolLM2: fewer kv heads than some worlds have ranks
+    image_ = new std::vector<uint8_t>(model::testing::BuildSyntheticModel(spec));
+    auto file = model::GgufFile::FromBuffer(image_->data(), image_->size(), "synthetic.gguf");
+    ASSERT_TRUE(file.ok()) << file.status();
+    auto llm = model::LlamaModel::FromGguf(std::move(*file), pool_);
+    ASSERT_TRUE(llm.ok()) << llm.status();
+    llm_ = llm->release();
+    std::mt19937 rng(11);
+    std::uniform_int_distribution<int32_t> token(0, 95);
+    prompt_ = new std::vector<int32_t>(kPrompt);
+    for (int32_t& t : *prompt_) t = token(rng);
+    cpu_ = device::MakeCpuDevice(pool_).release();
+    reference_ = new RunResult(*Generate(Options(cpu_)));
+  }
+
+  static int64_t BlockBytes() {
+    return llm_->KvGeometryFor(kBlock, kernels::KvDtype::kF32).BlockBytes();
+  }
+
+  static kv::KvStoreOptions Options(device::Device* device) {
+    kv::KvStoreOptions options;
+    options.geometry = llm_->KvGeometryFor(kBlock, kernels::KvDtype::kF32);
+    options.device = device;
+    options.capacity_tokens = kPrompt + kNew;
+    options.max_append_tokens = kChunk;
+    return options;
+  }
+
+  // Chunked prefill, then greedy decode, through the store `options` makes.
+  static absl::StatusOr<RunResult> Generate(const kv::KvStoreOptions& options) {
+    absl::StatusOr<std::unique_ptr<kv::KvStore>> store = kv::KvStore::Create(options);
+    if (!store.ok()) return store.status();
+    RunResult run;
+    std::vector<float> logits;
+    const std::span<const int32_t> prompt(*prompt_);
+    for (size_t begin = 0; begin < prompt.size(); begin += kChunk) {
+      const size_t n = std::min<size_t>(kChunk, prompt.size() - begin);
+      absl::Status s =
+          llm_->Forward(prompt.subspan(begin, n), **store, &logits, nullptr, &run.stats);
+      if (!s.ok()) return s;
+    }
+    run.prompt_logits = logits;
+    for (int i = 0; i < kNew; ++i) {
+      const int32_t next =
+          static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      run.tokens.push_back(next);
+      absl::Status s =
+          llm_->Forward(std::span<const int32_t>(&next, 1), **store, &logits, nullptr, &run.stats);
+      if (!s.ok()) return s;
+    }
+    return run;
+  }
+
+  // A world of `size` loopback ranks whose memory ranks serve with MemoryRank.
+  struct World {
+    explicit World(int size, int64_t pool_bytes)
+        : loopback(std::vector<int64_t>(size, pool_bytes)) {
+      for (int r = 1; r < size; ++r) {
+        ranks.push_back(std::make_unique<MemoryRank>(loopback.transport(r), *cpu_));
+        EXPECT_TRUE(ranks.back()->Serve().ok());
+      }
+    }
+    comm::LoopbackWorld loopback;
+    std::vector<std::unique_ptr<MemoryRank>> ranks;
+  };
+
+  static inline runtime::ThreadPool* pool_ = nullptr;
+  static inline std::vector<uint8_t>* image_ = nullptr;
+  static inline model::LlamaModel* llm_ = nullptr;
+  static inline std::vector<int32_t>* prompt_ = nullptr;
+  static inline device::Device* cpu_ = nullptr;
+  static inline RunResult* reference_ = nullptr;
+};
+
+TEST_F(DistributedTest, EveryWorldPlacementModeAndDeviceMatchesTheSingleProcessRun) {
+  auto sim = device::MakeSimDevice({int64_t{1} << 20, 0.0}, pool_);
+  ASSERT_TRUE(sim.ok()) << sim.status();
+  for (int size = 1; size <= 4; ++size) {
+    for (cluster::PlacementPolicy placement :
+         {cluster::PlacementPolicy::kHeadMajor, cluster::PlacementPolicy::kStriped}) {
+      for (cluster::ExecMode mode : {cluster::ExecMode::kPull, cluster::ExecMode::kDelegate}) {
+        for (device::Device* device : {cpu_, sim->get()}) {
+          const std::string where =
+              absl::StrCat(size, " ranks, ", cluster::PlacementName(placement), ", ",
+                           cluster::ExecModeName(mode), ", ", std::string(device->name()));
+          World world(size, int64_t{64} << 20);
+          kv::KvStoreOptions options = Options(device);
+          if (device != cpu_) options.device_budget_bytes = int64_t{1} << 20;
+          options.transport = &world.loopback.transport(0);
+          options.placement = placement;
+          options.mode = mode;
+          absl::StatusOr<RunResult> run = Generate(options);
+          ASSERT_TRUE(run.ok()) << where << ": " << run.status();
+          EXPECT_EQ(run->tokens, reference_->tokens) << where;
+          EXPECT_LT(RelL2(run->prompt_logits, reference_->prompt_logits), 1e-5) << where;
+          if (size > 1) {
+            // Every memory rank holds blocks; delegate sends queries, pull reads KV.
+            for (int r = 1; r < size; ++r) {
+              const comm::PeerTraffic traffic = options.transport->traffic(r);
+              EXPECT_GT(traffic.bytes_sent, 0) << where << " rank " << r;
+              if (mode == cluster::ExecMode::kDelegate) {
+                EXPECT_GT(traffic.calls, 0) << where;
+                EXPECT_GT(world.ranks[r - 1]->stats().kv_bytes_attended, 0) << where;
+              } else {
+                EXPECT_EQ(traffic.calls, 0) << where;
+              }
+            }
+            EXPECT_EQ(run->stats.delegate_calls > 0, mode == cluster::ExecMode::kDelegate) << where;
+            EXPECT_EQ(run->stats.bytes_pulled > 0, mode == cluster::ExecMode::kPull) << where;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_F(DistributedTest, DelegateMovesQueriesNotKv) {
+  World world(3, int64_t{64} << 20);
+  kv::KvStoreOptions options = Options(cpu_);
+  options.transport = &world.loopback.transport(0);
+  options.mode = cluster::ExecMode::kDelegate;
+  ASSERT_TRUE(Generate(options).ok());
+  const int64_t decode_kv = options.geometry.TokenBytes() * kPrompt;
+  // Received from rank 1: (o, lse) replies only, far less than its KV share.
+  EXPECT_LT(options.transport->traffic(1).bytes_received, decode_kv / 3);
+  EXPECT_GT(world.ranks[0]->stats().kv_bytes_attended, decode_kv / 3);
+}
+
+TEST_F(DistributedTest, FullPoolsSpillAndAFullClusterIsResourceExhausted) {
+  // 3 layers x 3 kv heads x 21 sealed blocks, striped: 63 blocks per rank.
+  const int64_t block = BlockBytes();
+  {
+    const int64_t per_rank = 33 * block;  // about half of rank 1's share
+    comm::LoopbackWorld small({0, per_rank, int64_t{64} << 20});
+    MemoryRank rank1(small.transport(1), *cpu_), rank2(small.transport(2), *cpu_);
+    ASSERT_TRUE(rank1.Serve().ok());
+    ASSERT_TRUE(rank2.Serve().ok());
+    kv::KvStoreOptions options = Options(cpu_);
+    options.transport = &small.transport(0);
+    options.placement = cluster::PlacementPolicy::kStriped;
+    options.mode = cluster::ExecMode::kDelegate;
+    absl::StatusOr<RunResult> run = Generate(options);
+    ASSERT_TRUE(run.ok()) << run.status();
+    EXPECT_EQ(run->tokens, reference_->tokens);
+    EXPECT_GT(small.transport(2).peers().size(), 0u);
+  }
+  comm::LoopbackWorld tiny({0, 8 * block, 8 * block});
+  MemoryRank rank1(tiny.transport(1), *cpu_), rank2(tiny.transport(2), *cpu_);
+  ASSERT_TRUE(rank1.Serve().ok());
+  ASSERT_TRUE(rank2.Serve().ok());
+  kv::KvStoreOptions options = Options(cpu_);
+  options.host_budget_bytes = 40 * block;
+  options.transport = &tiny.transport(0);
+  absl::StatusOr<RunResult> run = Generate(options);
+  ASSERT_FALSE(run.ok());
+  EXPECT_EQ(run.status().code(), absl::StatusCode::kResourceExhausted) << run.status();
+}
+
+TEST_F(DistributedTest, ALostRankIsUnavailableNamingIt) {
+  for (cluster::ExecMode mode : {cluster::ExecMode::kPull, cluster::ExecMode::kDelegate}) {
+    World world(3, int64_t{64} << 20);
+    comm::FaultyTransport faulty(world.loopback.transport(0), {.rank = 2, .fail_after = 40});
+    kv::KvStoreOptions options = Options(cpu_);
+    options.transport = &faulty;
+    options.mode = mode;
+    absl::StatusOr<RunResult> run = Generate(options);
+    ASSERT_FALSE(run.ok()) << cluster::ExecModeName(mode);
+    EXPECT_EQ(run.status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(std::string(run.status().message()), HasSubstr("rank 2"));
+    EXPECT_GE(faulty.injected_failures(), 1);
+  }
+}
+
+TEST_F(DistributedTest, MemoryRankRejectsOffsetsOutsideItsPool) {
+  comm::LoopbackWorld world({0, 4096});
+  MemoryRank rank(world.transport(1), *cpu_);
+  DelegateRequest request;
+  request.head_dim = 16;
+  request.group_size = 2;
+  request.block_tokens = 32;
+  request.scale = 0.25f;
+  request.n_rows = 1;
+  request.q_pos = {40};
+  request.heads = {0};
+  request.blocks = {{{4096 - 64, 32, 0}}};  // runs past the pool's end
+  request.q.assign(32, 0.5f);
+  absl::StatusOr<comm::CallReply> reply = rank.Handle(EncodeDelegate(request));
+  ASSERT_FALSE(reply.ok());
+  EXPECT_EQ(reply.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(reply.status().message()), HasSubstr("offset 4032"));
+  std::vector<std::byte> truncated = EncodeDelegate(request);
+  truncated.resize(truncated.size() - 5);
+  EXPECT_EQ(rank.Handle(truncated).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace headwise::attention
