@@ -55,8 +55,14 @@ struct GenerateFlags {
   std::string dump_logits;
 };
 
+// One line; errors about peers also name their status code (UNAVAILABLE,
+// DEADLINE_EXCEEDED) so scripts can tell a lost rank from a bad request.
 int Fail(const absl::Status& status) {
-  std::cerr << "headwise generate: " << status.message() << "\n";
+  std::cerr << "headwise generate: ";
+  if (absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status)) {
+    std::cerr << absl::StatusCodeToString(status.code()) << ": ";
+  }
+  std::cerr << status.message() << "\n";
   return 1;
 }
 
