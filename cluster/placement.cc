@@ -28,30 +28,86 @@ const char* PlacementName(PlacementPolicy policy) {
   return policy == PlacementPolicy::kHeadMajor ? "head-major" : "striped";
 }
 
-absl::StatusOr<PlacementPlan> PlacementPlan::Create(PlacementPolicy policy, int32_t n_layers,
-                                                    int32_t n_kv_heads, int64_t block_bytes,
-                                                    std::vector<int64_t> pool_bytes) {
-  if (pool_bytes.empty() || n_layers < 1 || n_kv_heads < 1 || block_bytes < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("invalid placement: ", pool_bytes.size(),
-                                                   " ranks, ", n_layers, " layers, ", n_kv_heads,
-                                                   " kv heads, ", block_bytes, "-byte blocks"));
+absl::StatusOr<std::shared_ptr<PoolLedger>> PoolLedger::Create(int64_t block_bytes,
+                                                               std::vector<int64_t> pool_bytes) {
+  if (pool_bytes.empty() || block_bytes < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid pools: ", pool_bytes.size(), " ranks, ",
+                                                   block_bytes, "-byte blocks"));
   }
   for (size_t r = 0; r < pool_bytes.size(); ++r) {
     if (pool_bytes[r] < 0) {
       return absl::InvalidArgumentError(absl::StrCat("rank ", r, " has a negative pool budget"));
     }
   }
+  std::shared_ptr<PoolLedger> ledger(new PoolLedger());
+  ledger->block_bytes_ = block_bytes;
+  ledger->used_bytes_.assign(pool_bytes.size(), 0);
+  ledger->peak_bytes_.assign(pool_bytes.size(), 0);
+  ledger->free_slots_.resize(pool_bytes.size());
+  ledger->next_slot_.assign(pool_bytes.size(), 0);
+  ledger->pool_bytes_ = std::move(pool_bytes);
+  return ledger;
+}
+
+int64_t PoolLedger::Acquire(int32_t rank) {
+  std::lock_guard lock(mu_);
+  if (used_bytes_[rank] + block_bytes_ > pool_bytes_[rank]) return -1;
+  used_bytes_[rank] += block_bytes_;
+  peak_bytes_[rank] = std::max(peak_bytes_[rank], used_bytes_[rank]);
+  std::vector<int64_t>& free = free_slots_[rank];
+  if (free.empty()) return next_slot_[rank]++;
+  std::pop_heap(free.begin(), free.end(), std::greater<>());
+  const int64_t slot = free.back();
+  free.pop_back();
+  return slot;
+}
+
+void PoolLedger::Release(int32_t rank, int64_t slot) {
+  std::lock_guard lock(mu_);
+  used_bytes_[rank] -= block_bytes_;
+  std::vector<int64_t>& free = free_slots_[rank];
+  free.push_back(slot);
+  std::push_heap(free.begin(), free.end(), std::greater<>());
+}
+
+int64_t PoolLedger::used_bytes(int32_t rank) const {
+  std::lock_guard lock(mu_);
+  return used_bytes_[rank];
+}
+
+int64_t PoolLedger::peak_bytes(int32_t rank) const {
+  std::lock_guard lock(mu_);
+  return peak_bytes_[rank];
+}
+
+absl::StatusOr<PlacementPlan> PlacementPlan::Create(PlacementPolicy policy, int32_t n_layers,
+                                                    int32_t n_kv_heads, int64_t block_bytes,
+                                                    std::vector<int64_t> pool_bytes) {
+  absl::StatusOr<std::shared_ptr<PoolLedger>> ledger =
+      PoolLedger::Create(block_bytes, std::move(pool_bytes));
+  if (!ledger.ok()) return ledger.status();
+  return Create(policy, n_layers, n_kv_heads, std::move(*ledger));
+}
+
+absl::StatusOr<PlacementPlan> PlacementPlan::Create(PlacementPolicy policy, int32_t n_layers,
+                                                    int32_t n_kv_heads,
+                                                    std::shared_ptr<PoolLedger> ledger) {
+  if (ledger == nullptr || n_layers < 1 || n_kv_heads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid placement: ", n_layers, " layers, ",
+                                                   n_kv_heads, " kv heads",
+                                                   ledger == nullptr ? ", no pools" : ""));
+  }
   PlacementPlan plan;
   plan.policy_ = policy;
   plan.n_layers_ = n_layers;
   plan.n_kv_heads_ = n_kv_heads;
-  plan.block_bytes_ = block_bytes;
-  plan.used_bytes_.assign(pool_bytes.size(), 0);
-  plan.peak_bytes_.assign(pool_bytes.size(), 0);
-  plan.free_slots_.resize(pool_bytes.size());
-  plan.next_slot_.assign(pool_bytes.size(), 0);
-  plan.pool_bytes_ = std::move(pool_bytes);
+  plan.ledger_ = std::move(ledger);
   return plan;
+}
+
+PlacementPlan::~PlacementPlan() {
+  if (ledger_ == nullptr) return;  // moved from
+  for (const auto& [key, home] : homes_) ledger_->Release(home.rank, home.slot);
 }
 
 int32_t PlacementPlan::PreferredRank(int32_t layer, int32_t kv_head, int32_t block) const {
@@ -81,30 +137,20 @@ absl::StatusOr<int32_t> PlacementPlan::Place(int32_t layer, int32_t kv_head, int
   const int32_t preferred = PreferredRank(layer, kv_head, block);
   for (int32_t step = 0; step < world_size(); ++step) {
     const int32_t rank = (preferred + step) % world_size();
-    if (used_bytes_[rank] + block_bytes_ > pool_bytes_[rank]) continue;
-    used_bytes_[rank] += block_bytes_;
-    peak_bytes_[rank] = std::max(peak_bytes_[rank], used_bytes_[rank]);
-    int64_t slot = next_slot_[rank];
-    if (std::vector<int64_t>& free = free_slots_[rank]; !free.empty()) {
-      // Lowest released slot first (free is a min-heap).
-      std::pop_heap(free.begin(), free.end(), std::greater<>());
-      slot = free.back();
-      free.pop_back();
-    } else {
-      ++next_slot_[rank];
-    }
+    const int64_t slot = ledger_->Acquire(rank);
+    if (slot < 0) continue;
     homes_.emplace(key, Home{rank, slot});
     if (step > 0) ++spilled_blocks_;
     return rank;
   }
   std::string pools;
   for (int32_t r = 0; r < world_size(); ++r) {
-    absl::StrAppend(&pools, r == 0 ? "" : ", ", "rank ", r, " ", Bytes(used_bytes_[r]), " of ",
-                    Bytes(pool_bytes_[r]));
+    absl::StrAppend(&pools, r == 0 ? "" : ", ", "rank ", r, " ", Bytes(used_bytes(r)), " of ",
+                    Bytes(pool_bytes(r)));
   }
   return absl::ResourceExhaustedError(
-      absl::StrCat("cluster KV pools are full: a ", Bytes(block_bytes_), " block (layer ", layer,
-                   ", kv head ", kv_head, ", block ", block, ") fits on no rank (", pools,
+      absl::StrCat("cluster KV pools are full: a ", Bytes(ledger_->block_bytes()), " block (layer ",
+                   layer, ", kv head ", kv_head, ", block ", block, ") fits on no rank (", pools,
                    "); add ranks or raise --host-mem"));
 }
 
@@ -123,11 +169,7 @@ int64_t PlacementPlan::SlotOf(int32_t layer, int32_t kv_head, int32_t block) con
 void PlacementPlan::Release(int32_t layer, int32_t kv_head, int32_t block) {
   auto it = homes_.find(Key(layer, kv_head, block));
   if (it == homes_.end()) return;
-  const Home home = it->second;
-  used_bytes_[home.rank] -= block_bytes_;
-  std::vector<int64_t>& free = free_slots_[home.rank];
-  free.push_back(home.slot);
-  std::push_heap(free.begin(), free.end(), std::greater<>());
+  ledger_->Release(it->second.rank, it->second.slot);
   homes_.erase(it);
 }
 

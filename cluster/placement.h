@@ -9,6 +9,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -21,6 +23,36 @@ namespace headwise::cluster {
 
 enum class PlacementPolicy { kHeadMajor, kStriped };
 
+// The block slots of every rank's pool, shared by every placement plan (one
+// per sequence) that places blocks of one size in the same pools: a slot is
+// `block_bytes` at slot * block_bytes. Thread-safe.
+class PoolLedger {
+ public:
+  // InvalidArgument for an empty world, block_bytes < 1 or a negative pool.
+  static absl::StatusOr<std::shared_ptr<PoolLedger>> Create(int64_t block_bytes,
+                                                            std::vector<int64_t> pool_bytes);
+
+  int32_t world_size() const { return static_cast<int32_t>(pool_bytes_.size()); }
+  int64_t block_bytes() const { return block_bytes_; }
+  // A free slot of `rank`'s pool (lowest released first), or -1 when full.
+  int64_t Acquire(int32_t rank);
+  void Release(int32_t rank, int64_t slot);
+
+  int64_t used_bytes(int32_t rank) const;
+  int64_t peak_bytes(int32_t rank) const;
+  int64_t pool_bytes(int32_t rank) const { return pool_bytes_[rank]; }
+
+ private:
+  PoolLedger() = default;
+  mutable std::mutex mu_;
+  int64_t block_bytes_ = 0;
+  std::vector<int64_t> pool_bytes_;
+  std::vector<int64_t> used_bytes_;
+  std::vector<int64_t> peak_bytes_;
+  std::vector<std::vector<int64_t>> free_slots_;  // per rank, a min-heap of released slots
+  std::vector<int64_t> next_slot_;                // per rank, never used yet
+};
+
 std::optional<PlacementPolicy> ParsePlacement(std::string_view name);  // "head-major", "striped"
 const char* PlacementName(PlacementPolicy policy);
 
@@ -32,9 +64,17 @@ class PlacementPlan {
   static absl::StatusOr<PlacementPlan> Create(PlacementPolicy policy, int32_t n_layers,
                                               int32_t n_kv_heads, int64_t block_bytes,
                                               std::vector<int64_t> pool_bytes);
+  // The same over a ledger shared with other plans.
+  static absl::StatusOr<PlacementPlan> Create(PlacementPolicy policy, int32_t n_layers,
+                                              int32_t n_kv_heads,
+                                              std::shared_ptr<PoolLedger> ledger);
+  PlacementPlan(PlacementPlan&&) = default;
+  PlacementPlan& operator=(PlacementPlan&&) = default;
+  // Releases every block still placed.
+  ~PlacementPlan();
 
   PlacementPolicy policy() const { return policy_; }
-  int32_t world_size() const { return static_cast<int32_t>(pool_bytes_.size()); }
+  int32_t world_size() const { return ledger_->world_size(); }
 
   // The rank the policy prefers for a block, ignoring pool room.
   int32_t PreferredRank(int32_t layer, int32_t kv_head, int32_t block) const;
@@ -52,9 +92,11 @@ class PlacementPlan {
   // Frees a placed block's bytes (truncation, session close).
   void Release(int32_t layer, int32_t kv_head, int32_t block);
 
-  int64_t used_bytes(int32_t rank) const { return used_bytes_[rank]; }
-  int64_t peak_bytes(int32_t rank) const { return peak_bytes_[rank]; }
-  int64_t pool_bytes(int32_t rank) const { return pool_bytes_[rank]; }
+  // The shared pools' figures (every plan on the ledger).
+  int64_t used_bytes(int32_t rank) const { return ledger_->used_bytes(rank); }
+  int64_t peak_bytes(int32_t rank) const { return ledger_->peak_bytes(rank); }
+  int64_t pool_bytes(int32_t rank) const { return ledger_->pool_bytes(rank); }
+  const std::shared_ptr<PoolLedger>& ledger() const { return ledger_; }
   int64_t spilled_blocks() const { return spilled_blocks_; }
 
  private:
@@ -64,16 +106,11 @@ class PlacementPlan {
   PlacementPolicy policy_ = PlacementPolicy::kHeadMajor;
   int32_t n_layers_ = 0;
   int32_t n_kv_heads_ = 0;
-  int64_t block_bytes_ = 0;
-  std::vector<int64_t> pool_bytes_;
   struct Home {
     int32_t rank;
     int64_t slot;
   };
-  std::vector<int64_t> used_bytes_;
-  std::vector<int64_t> peak_bytes_;
-  std::vector<std::vector<int64_t>> free_slots_;  // per rank, released slots
-  std::vector<int64_t> next_slot_;                // per rank, never used yet
+  std::shared_ptr<PoolLedger> ledger_;
   std::unordered_map<uint64_t, Home> homes_;
   int64_t spilled_blocks_ = 0;
 };

@@ -214,6 +214,46 @@ TEST_F(DistributedTest, ALostRankIsUnavailableNamingIt) {
   }
 }
 
+TEST_F(DistributedTest, StoresShareThePoolsAndATruncatedTailComesBack) {
+  // Two sequences (sessions) in the same pools through one ledger, each
+  // giving its single-process result; then truncating into a block homed
+  // on another rank fetches it back and the sequence continues exactly.
+  std::vector<int32_t> other(prompt_->rbegin(), prompt_->rend());
+  for (cluster::PlacementPolicy placement :
+       {cluster::PlacementPolicy::kHeadMajor, cluster::PlacementPolicy::kStriped}) {
+    World world(3, int64_t{64} << 20);
+    auto pools = kv::MakePoolLedger(world.loopback.transport(0), BlockBytes(), 0);
+    ASSERT_TRUE(pools.ok()) << pools.status();
+    kv::KvStoreOptions options = Options(cpu_);
+    options.transport = &world.loopback.transport(0);
+    options.placement = placement;
+    options.mode = cluster::ExecMode::kDelegate;
+    options.pools = *pools;
+    auto a = kv::KvStore::Create(options);
+    auto b = kv::KvStore::Create(options);
+    auto reference_b = kv::KvStore::Create(Options(cpu_));
+    ASSERT_TRUE(a.ok() && b.ok() && reference_b.ok());
+    std::vector<float> logits_a, logits_b, want_b;
+    for (size_t begin = 0; begin < prompt_->size(); begin += kChunk) {
+      const size_t n = std::min<size_t>(kChunk, prompt_->size() - begin);
+      ASSERT_TRUE(llm_->Forward(std::span(*prompt_).subspan(begin, n), **a, &logits_a).ok());
+      ASSERT_TRUE(llm_->Forward(std::span(other).subspan(begin, n), **b, &logits_b).ok());
+      ASSERT_TRUE(llm_->Forward(std::span(other).subspan(begin, n), **reference_b, &want_b).ok());
+    }
+    EXPECT_LT(RelL2(logits_a, reference_->prompt_logits), 1e-5);
+    EXPECT_LT(RelL2(logits_b, want_b), 1e-5);
+    // Both sequences' blocks are in the pools at once, in distinct slots.
+    EXPECT_GT((*pools)->used_bytes(1), 0);
+    const int64_t keep = kPrompt - 50;  // inside the last sealed block
+    ASSERT_TRUE((*a)->Truncate(keep).ok());
+    ASSERT_TRUE(llm_->Forward(std::span(*prompt_).subspan(keep), **a, &logits_a).ok());
+    EXPECT_LT(RelL2(logits_a, reference_->prompt_logits), 1e-5) << PlacementName(placement);
+    const int64_t used = (*pools)->used_bytes(1) + (*pools)->used_bytes(2);
+    a->reset();
+    EXPECT_LT((*pools)->used_bytes(1) + (*pools)->used_bytes(2), used);  // a's slots freed
+  }
+}
+
 TEST_F(DistributedTest, MemoryRankRejectsOffsetsOutsideItsPool) {
   comm::LoopbackWorld world({0, 4096});
   MemoryRank rank(world.transport(1), *cpu_);

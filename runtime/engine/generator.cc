@@ -77,37 +77,68 @@ absl::StatusOr<GenerateResult> Generate(model::LlamaModel& llm, const model::Tok
   }
 
   if (options.device == nullptr) return absl::InvalidArgumentError("no device to generate on");
-  GenerateResult result;
-  result.prompt_token_ids.assign(prompt.begin(), prompt.end());
+  absl::StatusOr<std::unique_ptr<kv::KvStore>> store = CreateStore(llm, options, needed);
+  if (!store.ok()) return store.status();
+  return GenerateOn(llm, tokenizer, **store, prompt, options, on_text);
+}
+
+absl::StatusOr<std::unique_ptr<kv::KvStore>> CreateStore(const model::LlamaModel& llm,
+                                                         const GenerateOptions& options,
+                                                         int64_t capacity_tokens) {
+  if (options.device == nullptr) return absl::InvalidArgumentError("no device to generate on");
   kv::KvStoreOptions store_options;
   store_options.geometry = llm.KvGeometryFor(options.kv_block, options.kv_dtype);
   store_options.device = options.device;
   store_options.device_budget_bytes = options.device_budget_bytes;
   store_options.host_budget_bytes = options.host_budget_bytes;
-  store_options.capacity_tokens = needed;
+  store_options.capacity_tokens = capacity_tokens;
   store_options.max_append_tokens = options.prefill_chunk;
   store_options.transport = options.transport;
   store_options.placement = options.placement;
   store_options.mode = options.mode;
   store_options.costs = options.costs;
-  absl::StatusOr<std::unique_ptr<kv::KvStore>> store = kv::KvStore::Create(store_options);
-  if (!store.ok()) return store.status();
-  kv::KvStore& cache = **store;
+  store_options.pools = options.pools;
+  return kv::KvStore::Create(store_options);
+}
+
+absl::Status Prefill(model::LlamaModel& llm, kv::KvStore& store, std::span<const int32_t> tokens,
+                     const GenerateOptions& options, std::vector<float>* last_logits,
+                     attention::StreamStats* stats) {
+  if (options.prefill_chunk < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prefill chunk must be >= 1 token, got ", options.prefill_chunk));
+  }
+  for (size_t begin = 0; begin < tokens.size(); begin += options.prefill_chunk) {
+    if (options.check_cancel) {
+      if (absl::Status s = options.check_cancel(); !s.ok()) return s;
+    }
+    const size_t n = std::min<size_t>(options.prefill_chunk, tokens.size() - begin);
+    const bool last = begin + n == tokens.size();
+    absl::Status status =
+        llm.Forward(tokens.subspan(begin, n), store, last ? last_logits : nullptr, nullptr, stats);
+    if (!status.ok()) return status;
+    if (options.on_prefill_progress) {
+      options.on_prefill_progress(static_cast<int64_t>(begin + n),
+                                  static_cast<int64_t>(tokens.size()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<GenerateResult> GenerateOn(model::LlamaModel& llm, const model::Tokenizer& tokenizer,
+                                          kv::KvStore& cache, std::span<const int32_t> prompt,
+                                          const GenerateOptions& options,
+                                          const TextCallback& on_text) {
+  if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  GenerateResult result;
+  result.prompt_token_ids.assign(prompt.begin(), prompt.end());
   result.kv_mode = cache.mode();
   const device::CopyStats copies_before = options.device->copy_stats();
   std::vector<float> logits;
 
   const Clock::time_point prefill_start = Clock::now();
-  for (size_t begin = 0; begin < prompt.size(); begin += options.prefill_chunk) {
-    const size_t n = std::min<size_t>(options.prefill_chunk, prompt.size() - begin);
-    const bool last = begin + n == prompt.size();
-    absl::Status status = llm.Forward(prompt.subspan(begin, n), cache, last ? &logits : nullptr,
-                                      nullptr, &result.stream);
-    if (!status.ok()) return status;
-    if (options.on_prefill_progress) {
-      options.on_prefill_progress(static_cast<int64_t>(begin + n),
-                                  static_cast<int64_t>(prompt.size()));
-    }
+  if (absl::Status s = Prefill(llm, cache, prompt, options, &logits, &result.stream); !s.ok()) {
+    return s;
   }
   result.prefill_seconds = Seconds(prefill_start);
   if (options.keep_prompt_logits) result.prompt_logits = logits;
@@ -139,6 +170,9 @@ absl::StatusOr<GenerateResult> Generate(model::LlamaModel& llm, const model::Tok
   bool stopped = false;
   const Clock::time_point decode_start = Clock::now();
   for (int32_t i = 0; i < options.max_tokens && !stopped; ++i) {
+    if (options.check_cancel) {
+      if (absl::Status s = options.check_cancel(); !s.ok()) return s;
+    }
     if (i > 0) {
       absl::Status status = llm.Forward(std::span<const int32_t>(&history.back(), 1), cache,
                                         &logits, nullptr, &result.stream);
@@ -146,7 +180,9 @@ absl::StatusOr<GenerateResult> Generate(model::LlamaModel& llm, const model::Tok
     }
     const int32_t token = sampler.Sample(logits, history);
     history.push_back(token);
-    if (!options.ignore_eos && tokenizer.IsEog(token)) {
+    if ((!options.ignore_eos && tokenizer.IsEog(token)) ||
+        std::find(options.stop_token_ids.begin(), options.stop_token_ids.end(), token) !=
+            options.stop_token_ids.end()) {
       result.finish_reason = FinishReason::kStop;
       break;
     }

@@ -24,7 +24,8 @@ namespace headwise::engine {
 struct GenerateOptions {
   int32_t max_tokens = 128;
   model::SamplingParams sampling;
-  std::vector<std::string> stop;  // stop strings; the text ends before the first match
+  std::vector<std::string> stop;        // stop strings; the text ends before the first match
+  std::vector<int32_t> stop_token_ids;  // generation ends at these (not emitted)
   bool ignore_eos = false;
   int32_t prefill_chunk = 4096;  // prompt tokens per forward
   int32_t kv_block = 256;        // tokens per KV block
@@ -32,6 +33,9 @@ struct GenerateOptions {
   bool keep_prompt_logits = false;  // fill GenerateResult::prompt_logits
   // Called after each prefill chunk with (tokens done, prompt tokens).
   std::function<void(int64_t, int64_t)> on_prefill_progress;
+  // Polled between prefill chunks and between tokens; a non-OK status
+  // (CANCELLED, DEADLINE_EXCEEDED) ends generation with that status.
+  std::function<absl::Status()> check_cancel;
   device::Device* device = nullptr;  // required; not owned
   int64_t device_budget_bytes = 0;   // 0: unlimited
   int64_t host_budget_bytes = 0;     // 0: unlimited
@@ -40,6 +44,7 @@ struct GenerateOptions {
   cluster::PlacementPolicy placement = cluster::PlacementPolicy::kHeadMajor;
   cluster::ExecMode mode = cluster::ExecMode::kAuto;
   cluster::CostModel costs;
+  std::shared_ptr<cluster::PoolLedger> pools;  // shared by stores on one transport
 };
 
 enum class FinishReason { kStop, kLength };
@@ -73,5 +78,25 @@ absl::StatusOr<GenerateResult> Generate(model::LlamaModel& llm, const model::Tok
                                         std::span<const int32_t> prompt,
                                         const GenerateOptions& options,
                                         const TextCallback& on_text);
+
+// The pieces Generate is made of, for callers that keep a store across
+// requests (sessions).
+// A KV store for `llm` configured by `options` (device, budgets, KV dtype and
+// block, distribution) for sequences of up to `capacity_tokens`.
+absl::StatusOr<std::unique_ptr<kv::KvStore>> CreateStore(const model::LlamaModel& llm,
+                                                         const GenerateOptions& options,
+                                                         int64_t capacity_tokens);
+// Runs `tokens` through the model in chunks of options.prefill_chunk,
+// appending to `store`, reporting progress and polling cancellation. Leaves
+// the last token's logits in `last_logits` when non-null.
+absl::Status Prefill(model::LlamaModel& llm, kv::KvStore& store, std::span<const int32_t> tokens,
+                     const GenerateOptions& options, std::vector<float>* last_logits,
+                     attention::StreamStats* stats);
+// Generate on a store that may already hold a context: the prompt continues
+// it. The store keeps what was generated (callers truncate to drop it).
+absl::StatusOr<GenerateResult> GenerateOn(model::LlamaModel& llm, const model::Tokenizer& tokenizer,
+                                          kv::KvStore& store, std::span<const int32_t> prompt,
+                                          const GenerateOptions& options,
+                                          const TextCallback& on_text);
 
 }  // namespace headwise::engine

@@ -116,6 +116,17 @@ void KvStore::ReleaseHostBlock(uint8_t* data) {
   TrackHost(-geometry_.BlockBytes());
 }
 
+absl::StatusOr<std::shared_ptr<cluster::PoolLedger>> MakePoolLedger(
+    const comm::KvTransport& transport, int64_t block_bytes, int64_t host_budget_bytes) {
+  std::vector<int64_t> pools;
+  // This rank's share is its host budget (unlimited: as large as a ledger
+  // can count); the others' are their registered pools.
+  pools.push_back(host_budget_bytes > 0 ? host_budget_bytes
+                                        : std::numeric_limits<int64_t>::max() / 4);
+  for (int r = 1; r < transport.size(); ++r) pools.push_back(transport.peers()[r].pool_bytes);
+  return cluster::PoolLedger::Create(block_bytes, std::move(pools));
+}
+
 absl::StatusOr<std::unique_ptr<KvStore>> KvStore::Create(const KvStoreOptions& options) {
   const KvGeometry& g = options.geometry;
   if (g.n_layers < 1 || g.n_kv_heads < 1 || g.head_dim < 1 || g.head_dim > kernels::kMaxHeadDim ||
@@ -139,15 +150,21 @@ absl::Status KvStore::Init() {
   const int64_t capacity_blocks =
       (std::max<int64_t>(options_.capacity_tokens, 1) + g.block_tokens - 1) / g.block_tokens;
   if (options_.transport != nullptr && options_.transport->size() > 1) {
-    const comm::KvTransport& transport = *options_.transport;
-    std::vector<int64_t> pools;
-    // This rank's share is its host budget (unlimited: as large as a plan
-    // can count); the others' are their registered pools.
-    pools.push_back(options_.host_budget_bytes > 0 ? options_.host_budget_bytes
-                                                   : std::numeric_limits<int64_t>::max() / 4);
-    for (int r = 1; r < transport.size(); ++r) pools.push_back(transport.peers()[r].pool_bytes);
-    absl::StatusOr<cluster::PlacementPlan> plan = cluster::PlacementPlan::Create(
-        options_.placement, g.n_layers, g.n_kv_heads, block, std::move(pools));
+    std::shared_ptr<cluster::PoolLedger> pools = options_.pools;
+    if (pools == nullptr) {
+      absl::StatusOr<std::shared_ptr<cluster::PoolLedger>> made =
+          MakePoolLedger(*options_.transport, block, options_.host_budget_bytes);
+      if (!made.ok()) return made.status();
+      pools = std::move(*made);
+    }
+    if (pools->block_bytes() != block || pools->world_size() != options_.transport->size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the shared pool ledger has ", pools->block_bytes(), "-byte slots on ",
+                       pools->world_size(), " ranks; this store needs ", block, "-byte blocks on ",
+                       options_.transport->size()));
+    }
+    absl::StatusOr<cluster::PlacementPlan> plan =
+        cluster::PlacementPlan::Create(options_.placement, g.n_layers, g.n_kv_heads, pools);
     if (!plan.ok()) return plan.status();
     placement_ = std::move(*plan);
   }

@@ -69,6 +69,9 @@ struct KvStoreOptions {
   cluster::PlacementPolicy placement = cluster::PlacementPolicy::kHeadMajor;
   cluster::ExecMode mode = cluster::ExecMode::kAuto;
   cluster::CostModel costs;
+  // The pools' slots, shared by every store placing blocks on the same
+  // transport (sessions); null: this store is the only one and makes its own.
+  std::shared_ptr<cluster::PoolLedger> pools;
   // Host landing buffers for pulled blocks on zero-copy devices (two of
   // them); streaming stores land pulls in their staging buffers' size.
   int64_t pull_buffer_bytes = int64_t{8} << 20;
@@ -79,6 +82,12 @@ enum class KvMode {
   kResident,   // every block on the compute device (cpu: host memory, zero copy)
   kStreaming,  // sealed blocks live on the host and stream through staging buffers
 };
+
+// The slot ledger of a transport's pools for blocks of `block_bytes`: this
+// rank's share is `host_budget_bytes` (0: unlimited), every other rank's its
+// registered pool.
+absl::StatusOr<std::shared_ptr<cluster::PoolLedger>> MakePoolLedger(
+    const comm::KvTransport& transport, int64_t block_bytes, int64_t host_budget_bytes);
 
 class KvStore {
  public:

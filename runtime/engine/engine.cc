@@ -1,0 +1,286 @@
+// Requests take turns in arrival order (a deque of waiting tickets); a
+// waiting request polls its cancellation so a client that gives up leaves
+// the queue at once. Session ids are random 64-bit hex strings.
+#include "runtime/engine/engine.h"
+
+#include <chrono>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace headwise::engine {
+
+struct Engine::Session {
+  std::unique_ptr<kv::KvStore> store;
+  int64_t context_tokens = 0;
+};
+
+class Engine::Turn {
+ public:
+  explicit Turn(Engine& engine) : engine_(engine) {}
+  ~Turn() {
+    std::lock_guard lock(engine_.mu_);
+    engine_.serving_ = 0;
+    engine_.turn_cv_.notify_all();
+  }
+
+ private:
+  Engine& engine_;
+};
+
+namespace {
+
+constexpr char kMark[] = "\x1e\x1e";  // splits a rendered chat turn around the context
+
+// Every session's store places blocks in the same pools: one slot ledger.
+EngineOptions WithPools(const model::LlamaModel& llm, EngineOptions options) {
+  GenerateOptions& base = options.base;
+  if (base.transport != nullptr && base.transport->size() > 1 && base.pools == nullptr) {
+    absl::StatusOr<std::shared_ptr<cluster::PoolLedger>> pools = kv::MakePoolLedger(
+        *base.transport, llm.KvGeometryFor(base.kv_block, base.kv_dtype).BlockBytes(),
+        base.host_budget_bytes);
+    if (pools.ok()) base.pools = std::move(*pools);  // else each store reports the error
+  }
+  return options;
+}
+
+}  // namespace
+
+Engine::Engine(model::LlamaModel& llm, const model::Tokenizer& tokenizer, EngineOptions options)
+    : llm_(llm), tokenizer_(tokenizer), options_(WithPools(llm, std::move(options))) {
+  absl::StatusOr<std::string> chat_template = llm_.file().GetString("tokenizer.chat_template");
+  if (chat_template.ok()) {
+    absl::StatusOr<std::string> rendered =
+        model::ApplyChatTemplate(*chat_template, {{"user", kMark}}, true);
+    if (rendered.ok()) {
+      const size_t at = rendered->find(kMark);
+      if (at != std::string::npos) {
+        chat_prefix_ = rendered->substr(0, at);
+        chat_suffix_ = rendered->substr(at + sizeof(kMark) - 1);
+      }
+    }
+  }
+}
+
+std::vector<int32_t> Engine::EncodeText(const std::string& text) const {
+  return tokenizer_.Encode(text, /*add_special=*/true, /*parse_special=*/true);
+}
+
+absl::StatusOr<std::vector<int32_t>> Engine::EncodeChat(
+    const std::vector<model::ChatMessage>& messages) const {
+  absl::StatusOr<std::string> chat_template = llm_.file().GetString("tokenizer.chat_template");
+  if (!chat_template.ok()) {
+    return absl::InvalidArgumentError("chat input needs a chat template; the model has none");
+  }
+  absl::StatusOr<std::string> text = model::ApplyChatTemplate(*chat_template, messages, true);
+  if (!text.ok()) return absl::InvalidArgumentError(text.status().message());
+  return EncodeText(*text);
+}
+
+GenerateOptions Engine::Options(const RequestOptions& request) const {
+  GenerateOptions options = options_.base;
+  options.sampling = request.sampling;
+  options.max_tokens = request.max_tokens;
+  options.stop = request.stop;
+  options.stop_token_ids = request.stop_token_ids;
+  options.ignore_eos = request.ignore_eos;
+  options.check_cancel = request.check_cancel;
+  return options;
+}
+
+int64_t Engine::MaxContextTokens() const {
+  const int64_t model_context = llm_.info().context_length;
+  const int64_t token_bytes =
+      llm_.KvGeometryFor(options_.base.kv_block, options_.base.kv_dtype).TokenBytes();
+  int64_t pools = options_.base.host_budget_bytes;
+  if (pools == 0) return model_context;
+  if (const comm::KvTransport* t = options_.base.transport; t != nullptr) {
+    for (int r = 1; r < t->size(); ++r) pools += t->peers()[r].pool_bytes;
+  }
+  const int64_t fits = pools / token_bytes;
+  return model_context > 0 ? std::min(model_context, fits) : fits;
+}
+
+absl::Status Engine::CheckFits(int64_t tokens, const RequestOptions& request) const {
+  const int64_t max = MaxContextTokens();
+  if (max > 0 && tokens + request.max_tokens > max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(tokens, " tokens plus ", request.max_tokens, " new tokens exceed the ", max,
+                     "-token context this cluster can hold (model context ",
+                     llm_.info().context_length, ", KV pools of every rank)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Count(absl::Status status) {
+  std::lock_guard lock(mu_);
+  ++counters_.requests;
+  if (!status.ok()) ++counters_.errors;
+  return status;
+}
+
+absl::StatusOr<std::unique_ptr<Engine::Turn>> Engine::WaitTurn(const RequestOptions& request) {
+  std::unique_lock lock(mu_);
+  if (counters_.queued >= options_.max_queued && serving_ != 0) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("request queue full: ", counters_.queued, " requests waiting (limit ",
+                     options_.max_queued, ") behind the running one; retry later"));
+  }
+  const uint64_t ticket = ++next_ticket_;
+  waiting_.push_back(ticket);
+  ++counters_.queued;
+  while (serving_ != 0 || waiting_.front() != ticket) {
+    turn_cv_.wait_for(lock, std::chrono::milliseconds(50));
+    if (request.check_cancel) {
+      lock.unlock();
+      absl::Status cancelled = request.check_cancel();
+      lock.lock();
+      if (!cancelled.ok()) {
+        waiting_.erase(std::find(waiting_.begin(), waiting_.end(), ticket));
+        --counters_.queued;
+        turn_cv_.notify_all();
+        return cancelled;
+      }
+    }
+  }
+  waiting_.pop_front();
+  --counters_.queued;
+  serving_ = ticket;
+  turn_cv_.notify_all();
+  return std::make_unique<Turn>(*this);
+}
+
+absl::StatusOr<GenerateResult> Engine::Generate(const std::vector<int32_t>& prompt,
+                                                const RequestOptions& request,
+                                                const TextCallback& on_text) {
+  if (prompt.empty()) return Count(absl::InvalidArgumentError("the prompt is empty"));
+  if (absl::Status s = CheckFits(static_cast<int64_t>(prompt.size()), request); !s.ok()) {
+    return Count(s);
+  }
+  absl::StatusOr<std::unique_ptr<Turn>> turn = WaitTurn(request);
+  if (!turn.ok()) return Count(turn.status());
+  absl::StatusOr<GenerateResult> result =
+      engine::Generate(llm_, tokenizer_, prompt, Options(request), on_text);
+  if (absl::Status s = Count(result.status()); !s.ok()) return s;
+  return result;
+}
+
+absl::StatusOr<std::string> Engine::ReadContextFile(const std::string& path) const {
+  if (options_.context_dir.empty()) {
+    return absl::PermissionDeniedError(
+        "this server reads no context files (start it with --context-dir DIR)");
+  }
+  std::error_code error;
+  const std::filesystem::path root = std::filesystem::weakly_canonical(options_.context_dir, error);
+  const std::filesystem::path file =
+      std::filesystem::weakly_canonical(options_.context_dir / path, error);
+  const std::string root_text = root.string() + "/";
+  if (error || file.string().compare(0, root_text.size(), root_text) != 0) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("context path '", path, "' is outside --context-dir"));
+  }
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("no context file '", path, "'"));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+absl::StatusOr<std::string> Engine::OpenSession(
+    const std::string& context, const std::function<void(int64_t, int64_t)>& progress,
+    const RequestOptions& request) {
+  if (context.empty()) return Count(absl::InvalidArgumentError("the context is empty"));
+  const std::vector<int32_t> tokens = EncodeText(chat_prefix_ + context);
+  // Room for a question and its answer after the context.
+  if (absl::Status s = CheckFits(static_cast<int64_t>(tokens.size()), request); !s.ok()) {
+    return Count(s);
+  }
+  absl::StatusOr<std::unique_ptr<Turn>> turn = WaitTurn(request);
+  if (!turn.ok()) return Count(turn.status());
+  GenerateOptions options = Options(request);
+  options.on_prefill_progress = progress;
+  const int64_t capacity = std::max<int64_t>(MaxContextTokens(), int64_t(tokens.size()) + 1);
+  absl::StatusOr<std::unique_ptr<kv::KvStore>> store = CreateStore(llm_, options, capacity);
+  if (!store.ok()) return Count(store.status());
+  if (absl::Status s = Prefill(llm_, **store, tokens, options, nullptr, nullptr); !s.ok()) {
+    return Count(s);
+  }
+  auto session = std::make_unique<Session>();
+  session->store = std::move(*store);
+  session->context_tokens = static_cast<int64_t>(tokens.size());
+  std::lock_guard lock(mu_);
+  std::mt19937_64 rng(std::random_device{}() ^ (++session_seq_ << 32));
+  std::string id = absl::StrFormat("%016x", rng());
+  sessions_[id] = std::move(session);
+  ++counters_.requests;
+  return id;
+}
+
+absl::StatusOr<GenerateResult> Engine::Ask(const std::string& session_id,
+                                           const std::string& question,
+                                           const RequestOptions& request,
+                                           const TextCallback& on_text) {
+  if (question.empty()) return Count(absl::InvalidArgumentError("the question is empty"));
+  absl::StatusOr<std::unique_ptr<Turn>> turn = WaitTurn(request);
+  if (!turn.ok()) return Count(turn.status());
+  Session* session = nullptr;
+  {
+    std::lock_guard lock(mu_);
+    auto it = sessions_.find(session_id);
+    if (it != sessions_.end()) session = it->second.get();
+  }
+  if (session == nullptr) {
+    return Count(absl::NotFoundError(absl::StrCat("no session '", session_id, "'")));
+  }
+  // Continues the context: no BOS, the chat turn closed after the question.
+  const std::vector<int32_t> tokens =
+      tokenizer_.Encode("\n\n" + question + chat_suffix_, /*add_special=*/false,
+                        /*parse_special=*/true);
+  if (absl::Status s = CheckFits(session->context_tokens + int64_t(tokens.size()), request);
+      !s.ok()) {
+    return Count(s);
+  }
+  absl::StatusOr<GenerateResult> result =
+      GenerateOn(llm_, tokenizer_, *session->store, tokens, Options(request), on_text);
+  // The scratch tail goes whatever happened, so the context stays as it was.
+  absl::Status truncated = session->store->Truncate(session->context_tokens);
+  if (!result.ok()) return Count(result.status());
+  if (!truncated.ok()) return Count(truncated);
+  (void)Count(absl::OkStatus());
+  return result;
+}
+
+absl::Status Engine::CloseSession(const std::string& session_id) {
+  absl::StatusOr<std::unique_ptr<Turn>> turn = WaitTurn(RequestOptions{});
+  if (!turn.ok()) return Count(turn.status());
+  std::unique_ptr<Session> closed;
+  {
+    std::lock_guard lock(mu_);
+    auto it = sessions_.find(session_id);
+    if (it == sessions_.end()) {
+      ++counters_.requests, ++counters_.errors;
+      return absl::NotFoundError(absl::StrCat("no session '", session_id, "'"));
+    }
+    closed = std::move(it->second);
+    sessions_.erase(it);
+    ++counters_.requests;
+  }
+  return absl::OkStatus();  // the store's blocks and pool slots go with it
+}
+
+std::vector<SessionInfo> Engine::ListSessions() const {
+  std::lock_guard lock(mu_);
+  std::vector<SessionInfo> out;
+  for (const auto& [id, session] : sessions_) out.push_back({id, session->context_tokens, "exact"});
+  return out;
+}
+
+EngineCounters Engine::counters() const {
+  std::lock_guard lock(mu_);
+  return counters_;
+}
+
+}  // namespace headwise::engine
