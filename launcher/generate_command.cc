@@ -10,9 +10,11 @@
 #include <sstream>
 
 #include "cluster/world.h"
+#include "launcher/client.h"
 #include "launcher/cluster_session.h"
 #include "launcher/commands.h"
 #include "launcher/options.h"
+#include "launcher/runtime_setup.h"
 #include "nlohmann/json.hpp"
 #include "runtime/attention/remote.h"
 #include "runtime/common/thread_pool.h"
@@ -26,7 +28,7 @@ namespace headwise::launcher {
 namespace {
 
 struct GenerateFlags {
-  std::string model;
+  RuntimeFlags runtime;
   std::string prompt;
   std::string prompt_file;
   std::string system;
@@ -40,31 +42,12 @@ struct GenerateFlags {
   uint64_t seed = 0;
   std::vector<std::string> stop;
   bool ignore_eos = false;
-  int32_t threads = 0;
-  int32_t kv_block = 256;
-  std::string kv_dtype = "f32";
-  int32_t prefill_chunk = 4096;
-  std::string device = "cpu";
-  std::string device_mem = "0";
-  std::string host_mem = "0";
-  double sim_link_gbps = 0;
-  std::string placement = "head-major";
-  std::string mode = "auto";
-  double peer_timeout = 10;
   std::string stats_json;
   std::string dump_logits;
+  std::string server;  // client mode: ask this headwise server instead
 };
 
-// One line; errors about peers also name their status code (UNAVAILABLE,
-// DEADLINE_EXCEEDED) so scripts can tell a lost rank from a bad request.
-int Fail(const absl::Status& status) {
-  std::cerr << "headwise generate: ";
-  if (absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status)) {
-    std::cerr << absl::StatusCodeToString(status.code()) << ": ";
-  }
-  std::cerr << status.message() << "\n";
-  return 1;
-}
+int Fail(const absl::Status& status) { return launcher::Fail("generate", status); }
 
 nlohmann::json TierJson(const kv::TierStats& tier) {
   return {{"used_bytes", tier.used_bytes},
@@ -119,7 +102,7 @@ absl::Status WriteStats(const std::string& path, const GenerateFlags& flags,
                         ClusterSession* cluster,
                         const std::vector<attention::MemoryRankStats>& memory) {
   nlohmann::json stats = {
-      {"model", flags.model},
+      {"model", flags.runtime.model},
       {"architecture", llm.info().architecture},
       {"prompt_tokens", result.prompt_token_ids.size()},
       {"prompt_token_ids", result.prompt_token_ids},
@@ -131,9 +114,9 @@ absl::Status WriteStats(const std::string& path, const GenerateFlags& flags,
       {"prefill_tokens_per_s", result.prefill_tokens_per_s()},
       {"decode_tokens_per_s", result.decode_tokens_per_s()},
       {"policy", "exact"},
-      {"device", flags.device},
-      {"kv_dtype", flags.kv_dtype},
-      {"kv_block", flags.kv_block},
+      {"device", flags.runtime.device},
+      {"kv_dtype", flags.runtime.kv_dtype},
+      {"kv_block", flags.runtime.kv_block},
       {"kv_mode", result.kv_mode == kv::KvMode::kStreaming ? "streaming" : "resident"},
       {"head_group_size", result.stream.head_group_size},
       {"blocks_per_group", result.stream.blocks_per_group},
@@ -145,8 +128,8 @@ absl::Status WriteStats(const std::string& path, const GenerateFlags& flags,
       {"overlap_seconds", std::max(0.0, result.copies.busy_seconds + result.stream.compute_seconds -
                                             result.stream.wall_seconds)},
       {"world_size", cluster == nullptr ? 1 : cluster->transport().size()},
-      {"placement", flags.placement},
-      {"mode", flags.mode},
+      {"placement", flags.runtime.placement},
+      {"mode", flags.runtime.mode},
       {"delegate_calls", result.stream.delegate_calls},
       {"pull_items", result.stream.pull_items},
       {"bytes_pulled", result.stream.bytes_pulled},
@@ -160,11 +143,6 @@ absl::Status WriteStats(const std::string& path, const GenerateFlags& flags,
 }
 
 int RunGenerate(const GenerateFlags& flags) {
-  std::optional<kernels::KvDtype> kv_dtype = kernels::ParseKvDtype(flags.kv_dtype);
-  if (!kv_dtype) {
-    return Fail(absl::InvalidArgumentError("--kv-dtype must be f32, f16 or bf16, got '" +
-                                           flags.kv_dtype + "'"));
-  }
   std::string prompt = flags.prompt;
   if (!flags.prompt_file.empty()) {
     std::ifstream in(flags.prompt_file, std::ios::binary);
@@ -173,68 +151,40 @@ int RunGenerate(const GenerateFlags& flags) {
     text << in.rdbuf();
     prompt = text.str();
   }
+  if (!flags.server.empty()) {
+    RemoteGenerateRequest request;
+    request.server = flags.server;
+    request.prompt = prompt;
+    request.system = flags.system;
+    request.chat = flags.chat;
+    request.max_tokens = flags.n;
+    request.temperature = flags.temp;
+    request.top_k = flags.top_k;
+    request.top_p = flags.top_p;
+    request.min_p = flags.min_p;
+    request.repetition_penalty = flags.repeat_penalty;
+    request.seed = flags.seed;
+    request.stop = flags.stop;
+    request.ignore_eos = flags.ignore_eos;
+    request.stats_json = flags.stats_json;
+    return RunRemoteGenerate(request);
+  }
 
-  absl::StatusOr<uint64_t> device_mem = ParseBytes(flags.device_mem);
-  if (!device_mem.ok()) return Fail(device_mem.status());
-  absl::StatusOr<uint64_t> host_mem = ParseBytes(flags.host_mem);
-  if (!host_mem.ok()) return Fail(host_mem.status());
-  std::optional<cluster::PlacementPolicy> placement = cluster::ParsePlacement(flags.placement);
-  if (!placement) {
-    return Fail(absl::InvalidArgumentError("--placement must be head-major or striped, got '" +
-                                           flags.placement + "'"));
-  }
-  std::optional<cluster::ExecMode> mode = cluster::ParseExecMode(flags.mode);
-  if (!mode) {
-    return Fail(absl::InvalidArgumentError("--mode must be auto, pull or delegate, got '" +
-                                           flags.mode + "'"));
-  }
-  if (!(flags.peer_timeout > 0)) {
-    return Fail(absl::InvalidArgumentError("--peer-timeout must be > 0 seconds"));
-  }
-
-  // Under mpirun/srun: every rank joins; memory ranks serve until rank 0 is done.
-  std::unique_ptr<ClusterSession> cluster;
-  if (const cluster::LaunchInfo launch = cluster::DetectLaunch(); launch.is_distributed()) {
-    absl::StatusOr<std::unique_ptr<ClusterSession>> started = ClusterSession::Start(
-        launch, static_cast<int64_t>(*host_mem), absl::Seconds(flags.peer_timeout));
-    if (!started.ok()) return Fail(started.status());
-    cluster = std::move(*started);
-    if (!cluster->coordinator()) return cluster->ServeMemoryRank(flags.threads);
-  }
+  absl::StatusOr<Runtime> started = StartRuntime(flags.runtime, "generate");
+  if (!started.ok()) return Fail(started.status());
+  Runtime& rt = *started;
+  if (rt.memory_rank()) return rt.cluster->ServeMemoryRank(flags.runtime.threads);
+  ClusterSession* cluster = rt.cluster.get();
   // From here on, a failure on the coordinator of a distributed run ends the
   // whole job: memory ranks would otherwise wait for a stop that never comes.
-  auto fail = [&cluster](const absl::Status& status) {
+  auto fail = [&rt](const absl::Status& status) {
     const int code = Fail(status);
-    if (cluster != nullptr) cluster->Abort(code);
+    rt.AbortCluster(code);
     return code;
   };
 
-  runtime::ThreadPool pool(flags.threads);
-  std::unique_ptr<device::Device> device;
-  if (flags.device == "cpu") {
-    device = device::MakeCpuDevice(&pool);
-  } else if (flags.device == "sim") {
-    if (*device_mem == 0) {
-      return fail(absl::InvalidArgumentError("--device sim needs --device-mem (its arena size)"));
-    }
-    absl::StatusOr<std::unique_ptr<device::Device>> sim =
-        device::MakeSimDevice({static_cast<int64_t>(*device_mem), flags.sim_link_gbps}, &pool);
-    if (!sim.ok()) return fail(sim.status());
-    device = std::move(*sim);
-  } else if (flags.device == "cuda") {
-    if (*device_mem == 0) {
-      return fail(absl::InvalidArgumentError("--device cuda needs --device-mem (its KV budget)"));
-    }
-    absl::StatusOr<std::unique_ptr<device::Device>> cuda =
-        device::MakeCudaDevice({static_cast<int64_t>(*device_mem), 0});
-    if (!cuda.ok()) return fail(cuda.status());
-    device = std::move(*cuda);
-  } else {
-    return fail(absl::InvalidArgumentError("--device must be cpu, sim or cuda, got '" +
-                                           flags.device + "'"));
-  }
   absl::StatusOr<std::unique_ptr<model::LlamaModel>> llm =
-      model::LlamaModel::Load(flags.model, &pool);
+      model::LlamaModel::Load(flags.runtime.model, rt.pool.get());
   if (!llm.ok()) return fail(llm.status());
   absl::StatusOr<model::Tokenizer> tokenizer = model::Tokenizer::FromGguf((*llm)->file());
   if (!tokenizer.ok()) return fail(tokenizer.status());
@@ -256,7 +206,7 @@ int RunGenerate(const GenerateFlags& flags) {
   const std::vector<int32_t> ids = tokenizer->Encode(prompt, /*add_special=*/true,
                                                      /*parse_special=*/true);
 
-  engine::GenerateOptions options;
+  engine::GenerateOptions options = rt.base;
   options.max_tokens = flags.n;
   options.sampling.temperature = flags.temp;
   options.sampling.top_k = flags.top_k;
@@ -266,12 +216,8 @@ int RunGenerate(const GenerateFlags& flags) {
   options.sampling.seed = flags.seed;
   options.stop = flags.stop;
   options.ignore_eos = flags.ignore_eos;
-  options.prefill_chunk = flags.prefill_chunk;
-  options.kv_block = flags.kv_block;
-  options.kv_dtype = *kv_dtype;
   options.keep_prompt_logits = !flags.dump_logits.empty();
-  options.device = device.get();
-  if (ids.size() > static_cast<size_t>(flags.prefill_chunk)) {
+  if (ids.size() > static_cast<size_t>(options.prefill_chunk)) {
     const auto start = std::chrono::steady_clock::now();
     options.on_prefill_progress = [start](int64_t done, int64_t total) {
       const double s =
@@ -281,14 +227,6 @@ int RunGenerate(const GenerateFlags& flags) {
                    static_cast<long long>(done), static_cast<long long>(total), rate,
                    (total - done) / rate);
     };
-  }
-  options.device_budget_bytes = static_cast<int64_t>(*device_mem);
-  options.host_budget_bytes = static_cast<int64_t>(*host_mem);
-  if (cluster != nullptr) {
-    options.transport = &cluster->transport();
-    options.placement = *placement;
-    options.mode = *mode;
-    options.costs = cluster->costs();
   }
 
   absl::StatusOr<engine::GenerateResult> result =
@@ -330,7 +268,7 @@ int RunGenerate(const GenerateFlags& flags) {
     }
   }
   if (!flags.stats_json.empty()) {
-    if (absl::Status s = WriteStats(flags.stats_json, flags, **llm, *result, cluster.get(), memory);
+    if (absl::Status s = WriteStats(flags.stats_json, flags, **llm, *result, cluster, memory);
         !s.ok())
       return fail(s);
   }
@@ -349,7 +287,9 @@ void RegisterGenerateCommand(CLI::App& app, CommandRunner& run) {
   auto flags = std::make_shared<GenerateFlags>();
   CLI::App* cmd = app.add_subcommand(
       "generate", "Generate text from a prompt (one process, or distributed under mpirun/srun)");
-  AddModelOption(*cmd, flags->model);
+  AddRuntimeOptions(*cmd, flags->runtime);
+  cmd->add_option("--server", flags->server,
+                  "Ask this headwise server (host:port) instead of running the model here");
   auto* prompt = cmd->add_option("-p,--prompt", flags->prompt, "Prompt text");
   auto* file = cmd->add_option("-f,--file", flags->prompt_file, "Read the prompt from a file");
   prompt->excludes(file);
@@ -379,42 +319,6 @@ void RegisterGenerateCommand(CLI::App& app, CommandRunner& run) {
       ->capture_default_str();
   cmd->add_option("--stop", flags->stop, "Stop string (repeatable)");
   cmd->add_flag("--ignore-eos", flags->ignore_eos, "Keep generating past end-of-generation tokens");
-  cmd->add_option("--threads", flags->threads, "CPU threads (0: all cores)")
-      ->envname(EnvTwin("threads"))
-      ->capture_default_str();
-  cmd->add_option("--kv-block", flags->kv_block, "Tokens per KV block")
-      ->envname(EnvTwin("kv-block"))
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--kv-dtype", flags->kv_dtype, "KV cache dtype: f32, f16 or bf16")
-      ->envname(EnvTwin("kv-dtype"))
-      ->capture_default_str();
-  cmd->add_option("--prefill-chunk", flags->prefill_chunk, "Prompt tokens per prefill step")
-      ->envname(EnvTwin("prefill-chunk"))
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--device", flags->device,
-                  "Compute device: cpu, sim or cuda (attention and KV on the GPU)")
-      ->capture_default_str();
-  cmd->add_option(
-         "--device-mem", flags->device_mem,
-         "Device memory for KV (e.g. 64MiB; 0: unlimited on cpu, required for sim and cuda)")
-      ->capture_default_str();
-  cmd->add_option("--host-mem", flags->host_mem, "Host KV pool budget (0: unlimited)")
-      ->capture_default_str();
-  cmd->add_option("--sim-link-gbps", flags->sim_link_gbps,
-                  "sim device host<->device link cap in GB/s (0: memcpy speed)")
-      ->capture_default_str();
-  cmd->add_option("--placement", flags->placement,
-                  "Where sealed KV blocks live across ranks: head-major or striped")
-      ->capture_default_str();
-  cmd->add_option("--mode", flags->mode,
-                  "Remote partials: auto (cost model), pull (read KV here) or delegate (compute "
-                  "where the KV is)")
-      ->capture_default_str();
-  cmd->add_option("--peer-timeout", flags->peer_timeout,
-                  "Seconds a rank may stay silent before its requests fail UNAVAILABLE")
-      ->capture_default_str();
   cmd->add_option("--stats-json", flags->stats_json, "Write run statistics as JSON to this file")
       ->envname(EnvTwin("stats-json"));
   cmd->add_option("--dump-logits", flags->dump_logits,

@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
   headwise::launcher::CommandRunner run;
   headwise::launcher::RegisterInspectCommand(app, run);
   headwise::launcher::RegisterGenerateCommand(app, run);
+  headwise::launcher::RegisterServeCommand(app, run);
+  headwise::launcher::RegisterClientCommands(app, run);
 
   CLI11_PARSE(app, argc, argv);
   return run ? run() : EXIT_FAILURE;

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "runtime/attention/remote.h"
 
 namespace headwise::engine {
 
@@ -64,6 +65,8 @@ Engine::Engine(model::LlamaModel& llm, const model::Tokenizer& tokenizer, Engine
     }
   }
 }
+
+Engine::~Engine() = default;
 
 std::vector<int32_t> Engine::EncodeText(const std::string& text) const {
   return tokenizer_.Encode(text, /*add_special=*/true, /*parse_special=*/true);
@@ -276,6 +279,54 @@ std::vector<SessionInfo> Engine::ListSessions() const {
   std::vector<SessionInfo> out;
   for (const auto& [id, session] : sessions_) out.push_back({id, session->context_tokens, "exact"});
   return out;
+}
+
+absl::StatusOr<std::vector<RankSnapshot>> Engine::ClusterSnapshot(const RequestOptions& request) {
+  absl::StatusOr<std::unique_ptr<Turn>> turn = WaitTurn(request);
+  if (!turn.ok()) return turn.status();
+  comm::KvTransport* transport = options_.base.transport;
+  const int world = transport != nullptr ? transport->size() : 1;
+  std::vector<RankSnapshot> ranks(world);
+  std::vector<attention::MemoryRankStats> memory(world);
+  if (world > 1) {
+    absl::StatusOr<std::vector<attention::MemoryRankStats>> collected =
+        attention::CollectMemoryRankStats(*transport);
+    if (!collected.ok()) return collected.status();
+    memory = std::move(*collected);
+  }
+  std::lock_guard lock(mu_);
+  for (const auto& [id, session] : sessions_) {
+    for (kv::Tier tier : {kv::Tier::kDevice, kv::Tier::kHost}) {
+      const kv::TierStats t = session->store->tier_stats(tier);
+      kv::TierStats& sum = tier == kv::Tier::kDevice ? ranks[0].device : ranks[0].host;
+      sum.used_bytes += t.used_bytes;
+      sum.peak_bytes += t.peak_bytes;
+    }
+  }
+  ranks[0].device.budget_bytes = options_.base.device_budget_bytes;
+  ranks[0].host.budget_bytes = options_.base.host_budget_bytes;
+  for (int r = 0; r < world; ++r) {
+    RankSnapshot& snap = ranks[r];
+    snap.rank = r;
+    if (r < static_cast<int>(options_.base.costs.ranks.size()))
+      snap.probe = options_.base.costs.ranks[r];
+    if (transport == nullptr) continue;
+    snap.hostname = transport->peers()[r].hostname;
+    if (r == 0) continue;
+    const comm::PeerTraffic traffic = transport->traffic(r);
+    snap.bytes_sent = traffic.bytes_received;
+    snap.bytes_received = traffic.bytes_sent;
+    ranks[0].bytes_sent += traffic.bytes_sent;
+    ranks[0].bytes_received += traffic.bytes_received;
+    if (options_.base.pools != nullptr) {
+      snap.host = {options_.base.pools->used_bytes(r), options_.base.pools->peak_bytes(r),
+                   options_.base.pools->pool_bytes(r)};
+    }
+    snap.delegate_calls = memory[r].delegate_calls;
+    snap.attention_bytes = memory[r].kv_bytes_attended;
+    snap.attention_seconds = memory[r].attention_seconds;
+  }
+  return ranks;
 }
 
 EngineCounters Engine::counters() const {

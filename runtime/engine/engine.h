@@ -53,9 +53,22 @@ struct RequestOptions {
   std::function<absl::Status()> check_cancel;  // CANCELLED / DEADLINE_EXCEEDED
 };
 
+// One rank as GetClusterStats reports it.
+struct RankSnapshot {
+  int32_t rank = 0;
+  std::string hostname;
+  kv::TierStats device;                        // rank 0 only
+  kv::TierStats host;                          // this rank's share of the pools
+  int64_t bytes_sent = 0, bytes_received = 0;  // as the coordinator counted them
+  int64_t delegate_calls = 0, attention_bytes = 0;
+  double attention_seconds = 0;
+  cluster::RankProbe probe;
+};
+
 class Engine {
  public:
   Engine(model::LlamaModel& llm, const model::Tokenizer& tokenizer, EngineOptions options);
+  ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
@@ -83,6 +96,10 @@ class Engine {
                                      const RequestOptions& request, const TextCallback& on_text);
   absl::Status CloseSession(const std::string& session_id);
   std::vector<SessionInfo> ListSessions() const;
+
+  // Every rank's pools, traffic, probes and work (takes a turn: memory ranks
+  // are asked for their figures).
+  absl::StatusOr<std::vector<RankSnapshot>> ClusterSnapshot(const RequestOptions& request);
 
   // The longest context the cluster's budgets and the model allow, in tokens.
   int64_t MaxContextTokens() const;

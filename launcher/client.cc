@@ -1,0 +1,307 @@
+// Blocking gRPC stubs over an insecure channel (the server binds 127.0.0.1
+// unless told otherwise). The prefill progress bar redraws one stderr line.
+#include "launcher/client.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "headwise/v1/inference.grpc.pb.h"
+#include "nlohmann/json.hpp"
+
+namespace headwise::launcher {
+namespace {
+
+namespace v1 = ::headwise::v1;
+
+int Fail(const char* command, const grpc::Status& status) {
+  static const char* kNames[] = {"OK",
+                                 "CANCELLED",
+                                 "UNKNOWN",
+                                 "INVALID_ARGUMENT",
+                                 "DEADLINE_EXCEEDED",
+                                 "NOT_FOUND",
+                                 "ALREADY_EXISTS",
+                                 "PERMISSION_DENIED",
+                                 "RESOURCE_EXHAUSTED",
+                                 "FAILED_PRECONDITION",
+                                 "ABORTED",
+                                 "OUT_OF_RANGE",
+                                 "UNIMPLEMENTED",
+                                 "INTERNAL",
+                                 "UNAVAILABLE",
+                                 "DATA_LOSS",
+                                 "UNAUTHENTICATED"};
+  const int code = static_cast<int>(status.error_code());
+  std::cerr << "headwise " << command << ": " << (code >= 0 && code <= 16 ? kNames[code] : "?")
+            << ": " << status.error_message() << "\n";
+  return 1;
+}
+
+std::shared_ptr<grpc::Channel> Channel(const std::string& server) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  return grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args);
+}
+
+void FillSampling(const RemoteSampling& r, v1::SamplingParams* s) {
+  s->set_max_tokens(static_cast<uint32_t>(r.max_tokens));
+  s->set_temperature(r.temperature);
+  s->set_top_k(static_cast<uint32_t>(r.top_k));
+  s->set_top_p(r.top_p);
+  s->set_min_p(r.min_p);
+  s->set_repetition_penalty(r.repetition_penalty);
+  s->set_seed(r.seed);
+  for (const std::string& stop : r.stop) s->add_stop(stop);
+  s->set_ignore_eos(r.ignore_eos);
+}
+
+nlohmann::json StatsJson(const v1::GenerateResponse::Final& final) {
+  nlohmann::json ranks = nlohmann::json::array();
+  for (const v1::RankStats& rank : final.stats().ranks()) {
+    nlohmann::json tiers = nlohmann::json::object();
+    for (const auto& [name, tier] : rank.tiers()) {
+      tiers[name] = {{"used_bytes", tier.used_bytes()},
+                     {"peak_bytes", tier.peak_bytes()},
+                     {"budget_bytes", tier.budget_bytes()}};
+    }
+    ranks.push_back({{"rank", rank.rank()},
+                     {"tiers", tiers},
+                     {"bytes_sent", rank.bytes_sent()},
+                     {"bytes_received", rank.bytes_received()}});
+  }
+  std::vector<int32_t> ids(final.generated_token_ids().begin(), final.generated_token_ids().end());
+  static const char* kReasons[] = {"unspecified", "stop", "length", "cancelled"};
+  return {{"prompt_tokens", final.usage().prompt_tokens()},
+          {"generated_token_ids", ids},
+          {"finish_reason", kReasons[final.finish_reason() & 3]},
+          {"prefill_tokens_per_s", final.stats().prefill_tokens_per_s()},
+          {"decode_tokens_per_s", final.stats().decode_tokens_per_s()},
+          {"policy", final.stats().policy()},
+          {"ranks", ranks}};
+}
+
+// Streams text deltas to stdout; returns the final message's status.
+grpc::Status StreamAnswer(grpc::ClientReaderInterface<v1::GenerateResponse>& reader,
+                          v1::GenerateResponse::Final* final, std::string* text) {
+  v1::GenerateResponse response;
+  while (reader.Read(&response)) {
+    if (response.has_final()) {
+      *final = response.final();
+    } else {
+      std::cout << response.text_delta() << std::flush;
+      text->append(response.text_delta());
+    }
+  }
+  std::cout << "\n" << std::flush;
+  return reader.Finish();
+}
+
+void PrintFigures(const v1::GenerateResponse::Final& final) {
+  std::fprintf(stderr, "tokens: %u prompt, %u generated | prefill %.1f tok/s, decode %.1f tok/s\n",
+               final.usage().prompt_tokens(), final.usage().completion_tokens(),
+               final.stats().prefill_tokens_per_s(), final.stats().decode_tokens_per_s());
+}
+
+}  // namespace
+
+int RunRemoteGenerate(const RemoteGenerateRequest& r) {
+  auto stub = v1::Inference::NewStub(Channel(r.server));
+  v1::GenerateRequest request;
+  if (r.chat) {
+    v1::ChatMessages* chat = request.mutable_chat();
+    if (!r.system.empty()) {
+      v1::ChatMessage* m = chat->add_messages();
+      m->set_role("system");
+      m->set_content(r.system);
+    }
+    v1::ChatMessage* m = chat->add_messages();
+    m->set_role("user");
+    m->set_content(r.prompt);
+  } else {
+    request.set_text(r.prompt);
+  }
+  FillSampling(r, request.mutable_sampling());
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
+      stub->Generate(&context, request);
+  v1::GenerateResponse::Final final;
+  std::string text;
+  const grpc::Status status = StreamAnswer(*reader, &final, &text);
+  if (!status.ok()) return Fail("generate", status);
+  PrintFigures(final);
+  if (!r.stats_json.empty()) {
+    nlohmann::json stats = StatsJson(final);
+    stats["text"] = text;
+    std::ofstream out(r.stats_json);
+    out << stats.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  }
+  return 0;
+}
+
+int RunAsk(const AskRequest& r) {
+  auto stub = v1::Inference::NewStub(Channel(r.server));
+  std::string session = r.session;
+  if (session.empty()) {
+    std::string document;
+    if (!r.file.empty()) {
+      std::ifstream in(r.file, std::ios::binary);
+      if (!in) {
+        std::cerr << "headwise ask: cannot read " << r.file << "\n";
+        return 1;
+      }
+      std::ostringstream text;
+      text << in.rdbuf();
+      document = text.str();
+    }
+    grpc::ClientContext context;
+    auto stream = stub->OpenSession(&context);
+    constexpr size_t kChunk = size_t{1} << 20;
+    if (!r.server_file.empty()) {
+      v1::OpenSessionRequest part;
+      part.set_context_path(r.server_file);
+      stream->Write(part);
+    }
+    for (size_t at = 0; at < document.size(); at += kChunk) {
+      v1::OpenSessionRequest part;
+      part.set_context_chunk(document.substr(at, kChunk));
+      if (!stream->Write(part)) break;
+    }
+    stream->WritesDone();
+    v1::OpenSessionResponse response;
+    const auto start = std::chrono::steady_clock::now();
+    while (stream->Read(&response)) {
+      if (response.has_progress()) {
+        const v1::PrefillProgress& p = response.progress();
+        const double percent =
+            100.0 * p.processed_tokens() / std::max<uint64_t>(1, p.total_tokens());
+        const int filled = static_cast<int>(percent / 5);
+        std::fprintf(stderr, "\rprefill [%-20s] %llu/%llu tokens (%.0f%%), %.0f tok/s, eta %.0f s ",
+                     std::string(filled, '#').c_str(),
+                     static_cast<unsigned long long>(p.processed_tokens()),
+                     static_cast<unsigned long long>(p.total_tokens()), percent, p.tokens_per_s(),
+                     p.eta_s());
+      } else {
+        session = response.session_id();
+      }
+    }
+    const grpc::Status status = stream->Finish();
+    if (!status.ok()) {
+      std::fprintf(stderr, "\n");
+      return Fail("ask", status);
+    }
+    std::fprintf(stderr, "\rprefill done in %.1f s%40s\n",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+                 "");
+  }
+  v1::AskRequest ask;
+  ask.set_session_id(session);
+  ask.set_question(r.question);
+  FillSampling(r, ask.mutable_sampling());
+  grpc::ClientContext context;
+  if (r.timeout_seconds > 0) {
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::milliseconds(static_cast<int64_t>(r.timeout_seconds * 1000)));
+  }
+  auto reader = stub->Ask(&context, ask);
+  v1::GenerateResponse::Final final;
+  std::string text;
+  const grpc::Status status = StreamAnswer(*reader, &final, &text);
+  int code = 0;
+  if (!status.ok()) {
+    code = Fail("ask", status);
+  } else {
+    PrintFigures(final);
+  }
+  if (r.session.empty()) {
+    if (r.keep_session) {
+      std::fprintf(stderr, "session: %s\n", session.c_str());
+    } else if (!session.empty()) {
+      code = std::max(code, RunCloseSession(r.server, session));
+    }
+  }
+  return code;
+}
+
+int RunCloseSession(const std::string& server, const std::string& session) {
+  auto stub = v1::Inference::NewStub(Channel(server));
+  grpc::ClientContext context;
+  v1::CloseSessionRequest request;
+  request.set_session_id(session);
+  v1::CloseSessionResponse response;
+  const grpc::Status status = stub->CloseSession(&context, request, &response);
+  return status.ok() ? 0 : Fail("close", status);
+}
+
+int RunStatus(const std::string& server, bool wait_ready, double wait_seconds) {
+  std::shared_ptr<grpc::Channel> channel = Channel(server);
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  const auto give_up =
+      std::chrono::steady_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(std::max(0.0, wait_seconds) * 1000));
+  grpc::health::v1::HealthCheckResponse ready;
+  grpc::Status status;
+  for (;;) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service("headwise.v1.Inference");
+    status = health->Check(&context, request, &ready);
+    const bool serving =
+        status.ok() && ready.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+    if (serving || !wait_ready || std::chrono::steady_clock::now() >= give_up) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  if (!status.ok()) return Fail("status", status);
+  const bool serving = ready.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+  std::printf("%s: %s\n", server.c_str(), serving ? "SERVING" : "NOT_SERVING");
+  if (!serving) return wait_ready ? 1 : 0;
+
+  auto stub = v1::Inference::NewStub(channel);
+  v1::ModelInfo info;
+  {
+    grpc::ClientContext context;
+    status = stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info);
+    if (!status.ok()) return Fail("status", status);
+  }
+  std::printf("model: %s (%s), %u layers, %u/%u heads, max context %llu tokens, KV %llu B/token\n",
+              info.name().c_str(), info.architecture().c_str(), info.n_layers(), info.n_heads(),
+              info.n_kv_heads(), static_cast<unsigned long long>(info.max_context_tokens()),
+              static_cast<unsigned long long>(info.kv_bytes_per_token()));
+  v1::ListSessionsResponse sessions;
+  {
+    grpc::ClientContext context;
+    status = stub->ListSessions(&context, v1::ListSessionsRequest(), &sessions);
+    if (!status.ok()) return Fail("status", status);
+  }
+  for (const v1::SessionInfo& s : sessions.sessions()) {
+    std::printf("session %s: %llu context tokens, policy %s\n", s.session_id().c_str(),
+                static_cast<unsigned long long>(s.context_tokens()), s.policy().c_str());
+  }
+  v1::ClusterStats cluster;
+  {
+    grpc::ClientContext context;
+    status = stub->GetClusterStats(&context, v1::GetClusterStatsRequest(), &cluster);
+    if (!status.ok()) return Fail("status", status);
+  }
+  for (const v1::RankStats& rank : cluster.ranks()) {
+    const auto host = rank.tiers().find("host");
+    const double used = host == rank.tiers().end() ? 0 : host->second.used_bytes() / 1048576.0;
+    const double peak = host == rank.tiers().end() ? 0 : host->second.peak_bytes() / 1048576.0;
+    std::printf(
+        "rank %d (%s): host KV %.1f MiB (peak %.1f MiB), sent %.1f MiB, received %.1f MiB, "
+        "%llu requests, %llu errors\n",
+        rank.rank(), rank.hostname().c_str(), used, peak, rank.bytes_sent() / 1048576.0,
+        rank.bytes_received() / 1048576.0, static_cast<unsigned long long>(rank.requests()),
+        static_cast<unsigned long long>(rank.errors()));
+  }
+  return 0;
+}
+
+}  // namespace headwise::launcher

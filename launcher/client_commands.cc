@@ -1,0 +1,78 @@
+// `headwise ask`, `headwise status`, `headwise close`: clients of a running
+// server (launcher/client.h does the RPCs).
+#include "launcher/client.h"
+#include "launcher/commands.h"
+#include "launcher/options.h"
+
+namespace headwise::launcher {
+namespace {
+
+constexpr char kDefaultServer[] = "127.0.0.1:50051";
+
+void AddSampling(CLI::App& cmd, RemoteSampling& s) {
+  cmd.add_option("-n,--max-tokens", s.max_tokens, "Tokens to generate")->capture_default_str();
+  cmd.add_option("--temp", s.temperature, "Sampling temperature; 0 is greedy")
+      ->capture_default_str();
+  cmd.add_option("--top-k", s.top_k, "Keep the k most likely tokens (0: off)");
+  cmd.add_option("--top-p", s.top_p, "Nucleus sampling mass (1: off)");
+  cmd.add_option("--min-p", s.min_p, "Drop tokens below min-p x the top probability");
+  cmd.add_option("--repeat-penalty", s.repetition_penalty, "Repetition penalty (1: off)");
+  cmd.add_option("--seed", s.seed, "Sampling seed");
+  cmd.add_option("--stop", s.stop, "Stop string (repeatable)");
+  cmd.add_flag("--ignore-eos", s.ignore_eos, "Keep generating past end-of-generation tokens");
+}
+
+}  // namespace
+
+void RegisterClientCommands(CLI::App& app, CommandRunner& run) {
+  auto ask = std::make_shared<AskRequest>();
+  ask->server = kDefaultServer;
+  CLI::App* cmd = app.add_subcommand(
+      "ask", "Ask a question about a document (--file) or an open session (--session)");
+  cmd->add_option("--server", ask->server, "headwise server host:port")->capture_default_str();
+  auto* file = cmd->add_option("-f,--file", ask->file,
+                               "Document to open a session on (streamed; closed afterwards "
+                               "unless --keep-session)");
+  auto* server_file = cmd->add_option("--server-file", ask->server_file,
+                                      "Document path under the server's --context-dir");
+  auto* session = cmd->add_option("--session", ask->session, "An open session's id");
+  file->excludes(session)->excludes(server_file);
+  session->excludes(server_file);
+  cmd->add_flag("--keep-session", ask->keep_session,
+                "Leave the session open and print its id (with --file)");
+  cmd->add_option("--timeout", ask->timeout_seconds, "Deadline of the question in seconds");
+  AddSampling(*cmd, *ask);
+  cmd->add_option("question", ask->question, "The question")->required();
+  AddEnvTwins(*cmd);
+  cmd->callback([ask, file, session, server_file, &run] {
+    if (file->count() + session->count() + server_file->count() == 0) {
+      throw CLI::RequiredError("--file, --server-file or --session");
+    }
+    run = [ask] { return RunAsk(*ask); };
+  });
+
+  auto status = std::make_shared<std::tuple<std::string, bool, double>>(kDefaultServer, false, 60);
+  CLI::App* st = app.add_subcommand(
+      "status", "A server's readiness, model, sessions and every rank's KV and traffic");
+  st->add_option("--server", std::get<0>(*status), "headwise server host:port")
+      ->capture_default_str();
+  st->add_flag("--wait", std::get<1>(*status), "Wait until the server is ready (exit 1 if not)");
+  st->add_option("--wait-seconds", std::get<2>(*status), "How long --wait waits")
+      ->capture_default_str();
+  AddEnvTwins(*st);
+  st->callback([status, &run] {
+    run = [status] {
+      return RunStatus(std::get<0>(*status), std::get<1>(*status), std::get<2>(*status));
+    };
+  });
+
+  auto close = std::make_shared<std::pair<std::string, std::string>>(kDefaultServer, "");
+  CLI::App* cl = app.add_subcommand("close", "Close an open session");
+  cl->add_option("--server", close->first, "headwise server host:port")->capture_default_str();
+  cl->add_option("session", close->second, "The session's id")->required();
+  AddEnvTwins(*cl);
+  cl->callback(
+      [close, &run] { run = [close] { return RunCloseSession(close->first, close->second); }; });
+}
+
+}  // namespace headwise::launcher

@@ -1,0 +1,133 @@
+#include "launcher/runtime_setup.h"
+
+#include <iostream>
+
+#include "cluster/world.h"
+#include "launcher/options.h"
+
+namespace headwise::launcher {
+
+void AddRuntimeOptions(CLI::App& cmd, RuntimeFlags& flags) {
+  AddModelOption(cmd, flags.model);
+  cmd.add_option("--threads", flags.threads, "CPU threads (0: all cores)")->capture_default_str();
+  cmd.add_option("--kv-block", flags.kv_block, "Tokens per KV block")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--kv-dtype", flags.kv_dtype, "KV cache dtype: f32, f16 or bf16")
+      ->capture_default_str();
+  cmd.add_option("--prefill-chunk", flags.prefill_chunk, "Prompt tokens per prefill step")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--device", flags.device,
+                 "Compute device: cpu, sim or cuda (attention and KV on the GPU)")
+      ->capture_default_str();
+  cmd.add_option("--device-mem", flags.device_mem,
+                 "Device memory for KV (e.g. 64MiB; 0: unlimited on cpu, required for sim and "
+                 "cuda)")
+      ->capture_default_str();
+  cmd.add_option("--host-mem", flags.host_mem,
+                 "Host KV pool of each rank (0: unlimited in one process; 4 GiB per memory rank "
+                 "under mpirun)")
+      ->capture_default_str();
+  cmd.add_option("--sim-link-gbps", flags.sim_link_gbps,
+                 "sim device host<->device link cap in GB/s (0: memcpy speed)")
+      ->capture_default_str();
+  cmd.add_option("--placement", flags.placement,
+                 "Where sealed KV blocks live across ranks: head-major or striped")
+      ->capture_default_str();
+  cmd.add_option("--mode", flags.mode,
+                 "Remote partials: auto (cost model), pull (read KV here) or delegate (compute "
+                 "where the KV is)")
+      ->capture_default_str();
+  cmd.add_option("--peer-timeout", flags.peer_timeout,
+                 "Seconds a rank may stay silent before its requests fail UNAVAILABLE")
+      ->capture_default_str();
+}
+
+int Fail(std::string_view command, const absl::Status& status) {
+  std::cerr << "headwise " << command << ": ";
+  if (absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status)) {
+    std::cerr << absl::StatusCodeToString(status.code()) << ": ";
+  }
+  std::cerr << status.message() << "\n";
+  return 1;
+}
+
+absl::StatusOr<Runtime> StartRuntime(const RuntimeFlags& flags, std::string_view command) {
+  std::optional<kernels::KvDtype> kv_dtype = kernels::ParseKvDtype(flags.kv_dtype);
+  if (!kv_dtype) {
+    return absl::InvalidArgumentError("--kv-dtype must be f32, f16 or bf16, got '" +
+                                      flags.kv_dtype + "'");
+  }
+  absl::StatusOr<uint64_t> device_mem = ParseBytes(flags.device_mem);
+  if (!device_mem.ok()) return device_mem.status();
+  absl::StatusOr<uint64_t> host_mem = ParseBytes(flags.host_mem);
+  if (!host_mem.ok()) return host_mem.status();
+  std::optional<cluster::PlacementPolicy> placement = cluster::ParsePlacement(flags.placement);
+  if (!placement) {
+    return absl::InvalidArgumentError("--placement must be head-major or striped, got '" +
+                                      flags.placement + "'");
+  }
+  std::optional<cluster::ExecMode> mode = cluster::ParseExecMode(flags.mode);
+  if (!mode) {
+    return absl::InvalidArgumentError("--mode must be auto, pull or delegate, got '" + flags.mode +
+                                      "'");
+  }
+  if (!(flags.peer_timeout > 0)) {
+    return absl::InvalidArgumentError("--peer-timeout must be > 0 seconds");
+  }
+  if (flags.device != "cpu" && flags.device != "sim" && flags.device != "cuda") {
+    return absl::InvalidArgumentError("--device must be cpu, sim or cuda, got '" + flags.device +
+                                      "'");
+  }
+  if (flags.device != "cpu" && *device_mem == 0) {
+    return absl::InvalidArgumentError("--device " + flags.device +
+                                      " needs --device-mem (its KV budget)");
+  }
+
+  Runtime rt;
+  // Under mpirun/srun every rank joins; memory ranks serve until rank 0 is done.
+  if (const cluster::LaunchInfo launch = cluster::DetectLaunch(); launch.is_distributed()) {
+    absl::StatusOr<std::unique_ptr<ClusterSession>> started = ClusterSession::Start(
+        launch, static_cast<int64_t>(*host_mem), absl::Seconds(flags.peer_timeout));
+    if (!started.ok()) return started.status();
+    rt.cluster = std::move(*started);
+    if (rt.memory_rank()) return rt;
+  }
+  // A coordinator that fails from here on ends the whole job: memory ranks
+  // would otherwise wait for a stop that never comes.
+  auto fail = [&](absl::Status status) {
+    if (rt.cluster != nullptr) rt.AbortCluster(Fail(command, status));
+    return status;
+  };
+  rt.pool = std::make_unique<runtime::ThreadPool>(flags.threads);
+  if (flags.device == "cpu") {
+    rt.device = device::MakeCpuDevice(rt.pool.get());
+  } else if (flags.device == "sim") {
+    absl::StatusOr<std::unique_ptr<device::Device>> sim = device::MakeSimDevice(
+        {static_cast<int64_t>(*device_mem), flags.sim_link_gbps}, rt.pool.get());
+    if (!sim.ok()) return fail(sim.status());
+    rt.device = std::move(*sim);
+  } else {
+    absl::StatusOr<std::unique_ptr<device::Device>> cuda =
+        device::MakeCudaDevice({static_cast<int64_t>(*device_mem), 0});
+    if (!cuda.ok()) return fail(cuda.status());
+    rt.device = std::move(*cuda);
+  }
+  engine::GenerateOptions& base = rt.base;
+  base.prefill_chunk = flags.prefill_chunk;
+  base.kv_block = flags.kv_block;
+  base.kv_dtype = *kv_dtype;
+  base.device = rt.device.get();
+  base.device_budget_bytes = static_cast<int64_t>(*device_mem);
+  base.host_budget_bytes = static_cast<int64_t>(*host_mem);
+  if (rt.cluster != nullptr) {
+    base.transport = &rt.cluster->transport();
+    base.placement = *placement;
+    base.mode = *mode;
+    base.costs = rt.cluster->costs();
+  }
+  return rt;
+}
+
+}  // namespace headwise::launcher

@@ -1,0 +1,146 @@
+// `headwise serve`: every rank of the job runs it (mpirun/srun, or alone);
+// rank 0 loads the model and serves gRPC on --listen, the others are memory
+// ranks. Health and reflection answer while the model loads (readiness
+// NOT_SERVING). SIGINT/SIGTERM drain: readiness goes NOT_SERVING, running
+// requests get --drain seconds, memory ranks are stopped, the job ends.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <iostream>
+#include <thread>
+
+#include "launcher/commands.h"
+#include "launcher/options.h"
+#include "launcher/runtime_setup.h"
+#include "runtime/attention/remote.h"
+#include "runtime/engine/engine.h"
+#include "runtime/model/llama.h"
+#include "runtime/model/tokenizer.h"
+#include "runtime/service/server.h"
+
+namespace headwise::launcher {
+namespace {
+
+struct ServeFlags {
+  RuntimeFlags runtime;
+  std::string listen = "127.0.0.1:50051";
+  std::string context_dir;
+  int32_t max_queue = 16;
+  double drain = 5;
+};
+
+int Fail(const absl::Status& status) { return launcher::Fail("serve", status); }
+
+int g_stop_pipe[2] = {-1, -1};
+
+std::string Gib(int64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.2f GiB", bytes / double(int64_t{1} << 30));
+  return text;
+}
+
+int RunServe(const ServeFlags& flags) {
+  // SIGINT/SIGTERM write their number into a pipe that a waiting thread
+  // reads (a handler may run on any thread, including ones libraries start).
+  if (pipe(g_stop_pipe) != 0) return Fail(absl::InternalError("pipe() failed"));
+  struct sigaction action = {};
+  action.sa_handler = [](int signal) {
+    const char byte = static_cast<char>(signal);
+    (void)!write(g_stop_pipe[1], &byte, 1);
+  };
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+
+  absl::StatusOr<Runtime> started = StartRuntime(flags.runtime, "serve");
+  if (!started.ok()) return Fail(started.status());
+  Runtime& rt = *started;
+  if (rt.memory_rank()) return rt.cluster->ServeMemoryRank(flags.runtime.threads);
+  auto fail = [&rt](const absl::Status& status) {
+    const int code = Fail(status);
+    rt.AbortCluster(code);
+    return code;
+  };
+
+  service::ServerOptions server_options;
+  server_options.listen = flags.listen;
+  absl::StatusOr<std::unique_ptr<service::Server>> server = service::Server::Start(server_options);
+  if (!server.ok()) return fail(server.status());
+  std::fprintf(stderr, "headwise serve: listening on %s (port %d), loading %s\n",
+               flags.listen.c_str(), (*server)->port(), flags.runtime.model.c_str());
+
+  absl::StatusOr<std::unique_ptr<model::LlamaModel>> llm =
+      model::LlamaModel::Load(flags.runtime.model, rt.pool.get());
+  if (!llm.ok()) return fail(llm.status());
+  absl::StatusOr<model::Tokenizer> tokenizer = model::Tokenizer::FromGguf((*llm)->file());
+  if (!tokenizer.ok()) return fail(tokenizer.status());
+
+  engine::EngineOptions engine_options;
+  engine_options.base = rt.base;
+  engine_options.max_queued = flags.max_queue;
+  engine_options.context_dir = flags.context_dir;
+  engine::Engine engine(**llm, *tokenizer, engine_options);
+
+  const model::ModelInfo& info = (*llm)->info();
+  const int64_t token_bytes =
+      (*llm)->KvGeometryFor(rt.base.kv_block, rt.base.kv_dtype).TokenBytes();
+  const int world = rt.cluster != nullptr ? rt.cluster->transport().size() : 1;
+  std::fprintf(
+      stderr,
+      "headwise serve: model %s (%s, %d layers, %d/%d heads), device %s, KV %s in "
+      "%d-token blocks (%lld B/token)\n"
+      "  ranks %d, placement %s, mode %s, peer timeout %.0f s, host pool %s per rank, "
+      "queue %d, context dir %s\n"
+      "  KV capacity: %lld tokens\n",
+      info.name.c_str(), info.architecture.c_str(), int(info.n_layers), int(info.n_heads),
+      int(info.n_kv_heads), flags.runtime.device.c_str(), flags.runtime.kv_dtype.c_str(),
+      rt.base.kv_block, static_cast<long long>(token_bytes), world, flags.runtime.placement.c_str(),
+      flags.runtime.mode.c_str(), flags.runtime.peer_timeout,
+      rt.base.host_budget_bytes == 0 ? "unlimited" : Gib(rt.base.host_budget_bytes).c_str(),
+      flags.max_queue, flags.context_dir.empty() ? "(none)" : flags.context_dir.c_str(),
+      static_cast<long long>(engine.MaxContextTokens()));
+  (*server)->Attach(engine);
+  std::fprintf(stderr, "headwise serve: ready\n");
+
+  std::thread stopper([&] {
+    char signal = 0;
+    while (read(g_stop_pipe[0], &signal, 1) < 0 && errno == EINTR) {
+    }
+    std::fprintf(stderr, "headwise serve: %s, draining for up to %.0f s\n",
+                 signal == SIGINT ? "SIGINT" : "SIGTERM", flags.drain);
+    (*server)->Shutdown(flags.drain);
+  });
+  (*server)->Wait();
+  stopper.join();
+  if (rt.cluster != nullptr) {
+    if (absl::Status s = rt.cluster->StopMemoryRanks(); !s.ok()) return fail(s);
+  }
+  std::fprintf(stderr, "headwise serve: stopped\n");
+  return 0;
+}
+
+}  // namespace
+
+void RegisterServeCommand(CLI::App& app, CommandRunner& run) {
+  auto flags = std::make_shared<ServeFlags>();
+  CLI::App* cmd = app.add_subcommand(
+      "serve", "Serve the gRPC API (every rank of the job runs it; rank 0 listens)");
+  AddRuntimeOptions(*cmd, flags->runtime);
+  cmd->add_option("--listen", flags->listen, "host:port rank 0 listens on (port 0: any free)")
+      ->capture_default_str();
+  cmd->add_option("--context-dir", flags->context_dir,
+                  "Directory OpenSession may read context files from (default: none)");
+  cmd->add_option("--max-queue", flags->max_queue,
+                  "Requests that may wait behind the running one before RESOURCE_EXHAUSTED")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--drain", flags->drain,
+                  "Seconds running requests get to finish on SIGINT/SIGTERM")
+      ->capture_default_str();
+  AddEnvTwins(*cmd);
+  cmd->callback([flags, &run] { run = [flags] { return RunServe(*flags); }; });
+}
+
+}  // namespace headwise::launcher

@@ -1,0 +1,392 @@
+// Sync gRPC service: each RPC runs on a gRPC thread and calls the Engine,
+// which serialises the model work. Streaming writes happen from inside the
+// engine's text/progress callbacks, on the same thread.
+#include "runtime/service/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "headwise/v1/inference.grpc.pb.h"
+
+namespace headwise::service {
+namespace {
+
+namespace v1 = ::headwise::v1;
+constexpr char kServiceName[] = "headwise.v1.Inference";
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+// CANCELLED when the client went away, DEADLINE_EXCEEDED past its deadline.
+std::function<absl::Status()> CancelCheck(grpc::ServerContext* context) {
+  return [context] {
+    if (context->IsCancelled()) {
+      if (std::chrono::system_clock::now() >= context->deadline()) {
+        return absl::DeadlineExceededError("the request's deadline passed");
+      }
+      return absl::CancelledError("the client cancelled the request");
+    }
+    if (std::chrono::system_clock::now() >= context->deadline()) {
+      return absl::DeadlineExceededError("the request's deadline passed");
+    }
+    return absl::OkStatus();
+  };
+}
+
+// Request fields -> engine options; proto3 zeros mean "default".
+absl::StatusOr<engine::RequestOptions> Options(const v1::SamplingParams& s,
+                                               const v1::Policy& policy,
+                                               grpc::ServerContext* context) {
+  if (!policy.name().empty() && policy.name() != "exact") {
+    if (policy.name() == "hybrid" || policy.name() == "quantkv") {
+      return absl::UnimplementedError(
+          absl::StrCat("policy '", policy.name(), "' is not available yet; use 'exact'"));
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown policy '", policy.name(), "' (exact, hybrid or quantkv)"));
+  }
+  engine::RequestOptions options;
+  options.max_tokens = s.max_tokens() == 0 ? 128 : static_cast<int32_t>(s.max_tokens());
+  if (s.max_tokens() > (1u << 24)) {
+    return absl::InvalidArgumentError(absl::StrCat("max_tokens ", s.max_tokens(), " is absurd"));
+  }
+  options.sampling.temperature = s.temperature();
+  options.sampling.top_p = s.top_p() == 0 ? 1.0f : s.top_p();
+  options.sampling.top_k = static_cast<int32_t>(std::min<uint32_t>(s.top_k(), 1u << 30));
+  options.sampling.min_p = s.min_p();
+  options.sampling.repetition_penalty = s.repetition_penalty() == 0 ? 1.0f : s.repetition_penalty();
+  options.sampling.seed = s.seed();
+  if (absl::Status v = model::ValidateSamplingParams(options.sampling); !v.ok()) {
+    return absl::InvalidArgumentError(v.message());
+  }
+  for (const std::string& stop : s.stop()) {
+    if (stop.empty()) return absl::InvalidArgumentError("stop strings must not be empty");
+    options.stop.push_back(stop);
+  }
+  options.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
+  options.ignore_eos = s.ignore_eos();
+  options.check_cancel = CancelCheck(context);
+  return options;
+}
+
+void FillTier(const kv::TierStats& tier, v1::TierUsage* out) {
+  out->set_used_bytes(static_cast<uint64_t>(tier.used_bytes));
+  out->set_peak_bytes(static_cast<uint64_t>(tier.peak_bytes));
+  out->set_budget_bytes(static_cast<uint64_t>(tier.budget_bytes));
+}
+
+v1::FinishReason Reason(engine::FinishReason reason) {
+  return reason == engine::FinishReason::kStop ? v1::FINISH_REASON_STOP : v1::FINISH_REASON_LENGTH;
+}
+
+}  // namespace
+
+class InferenceService final : public v1::Inference::Service {
+ public:
+  void Attach(engine::Engine& engine) { engine_.store(&engine); }
+
+  void MarkLost(const absl::Status& why) {
+    std::lock_guard lock(mu_);
+    lost_ = why;
+  }
+
+  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                        grpc::ServerWriter<v1::GenerateResponse>* writer) override {
+    if (grpc::Status s = CheckReady(); !s.ok()) return s;
+    absl::StatusOr<engine::RequestOptions> options =
+        Options(request->sampling(), request->policy(), context);
+    if (!options.ok()) return ToGrpc(options.status());
+    std::vector<int32_t> prompt;
+    switch (request->input_case()) {
+      case v1::GenerateRequest::kText:
+        prompt = engine().EncodeText(request->text());
+        break;
+      case v1::GenerateRequest::kChat: {
+        std::vector<model::ChatMessage> messages;
+        for (const v1::ChatMessage& m : request->chat().messages()) {
+          if (m.role().empty())
+            return ToGrpc(absl::InvalidArgumentError("a chat message has no role"));
+          messages.push_back({m.role(), m.content()});
+        }
+        if (messages.empty()) return ToGrpc(absl::InvalidArgumentError("no chat messages"));
+        absl::StatusOr<std::vector<int32_t>> ids = engine().EncodeChat(messages);
+        if (!ids.ok()) return ToGrpc(ids.status());
+        prompt = std::move(*ids);
+        break;
+      }
+      case v1::GenerateRequest::kTokenIds: {
+        const int64_t vocab = engine().model().info().vocab_size;
+        for (int32_t id : request->token_ids().ids()) {
+          if (id < 0 || id >= vocab) {
+            return ToGrpc(absl::InvalidArgumentError(
+                absl::StrCat("token id ", id, " is outside the vocabulary of ", vocab)));
+          }
+          prompt.push_back(id);
+        }
+        break;
+      }
+      default:
+        return ToGrpc(absl::InvalidArgumentError("no input: set text, chat or token_ids"));
+    }
+    absl::StatusOr<engine::GenerateResult> result =
+        engine().Generate(prompt, *options, Streamer(writer));
+    return Finish(result, writer);
+  }
+
+  grpc::Status OpenSession(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::OpenSessionResponse, v1::OpenSessionRequest>* stream) override {
+    if (grpc::Status s = CheckReady(); !s.ok()) return s;
+    std::string text;
+    v1::OpenSessionRequest part;
+    bool from_path = false;
+    while (stream->Read(&part)) {
+      if (part.source_case() == v1::OpenSessionRequest::kContextPath) {
+        if (!text.empty() || from_path) {
+          return ToGrpc(absl::InvalidArgumentError("give one context_path, or chunks, not both"));
+        }
+        absl::StatusOr<std::string> file = engine().ReadContextFile(part.context_path());
+        if (!file.ok()) return ToGrpc(file.status());
+        text = std::move(*file);
+        from_path = true;
+      } else if (part.source_case() == v1::OpenSessionRequest::kContextChunk) {
+        if (from_path) {
+          return ToGrpc(absl::InvalidArgumentError("give one context_path, or chunks, not both"));
+        }
+        text += part.context_chunk();
+      }
+      if (!part.policy().name().empty() && part.policy().name() != "exact") {
+        return ToGrpc(absl::UnimplementedError("only the exact policy is available for sessions"));
+      }
+    }
+    absl::StatusOr<engine::RequestOptions> options =
+        Options(v1::SamplingParams(), v1::Policy(), context);
+    if (!options.ok()) return ToGrpc(options.status());
+    const auto start = std::chrono::steady_clock::now();
+    auto progress = [&](int64_t done, int64_t total) {
+      const double s =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      v1::OpenSessionResponse response;
+      v1::PrefillProgress* p = response.mutable_progress();
+      p->set_processed_tokens(static_cast<uint64_t>(done));
+      p->set_total_tokens(static_cast<uint64_t>(total));
+      const double rate = done / std::max(s, 1e-9);
+      p->set_tokens_per_s(rate);
+      p->set_eta_s((total - done) / std::max(rate, 1e-9));
+      stream->Write(response);
+    };
+    absl::StatusOr<std::string> id = engine().OpenSession(text, progress, *options);
+    if (!id.ok()) return ToGrpc(id.status());
+    v1::OpenSessionResponse done;
+    done.set_session_id(*id);
+    stream->Write(done);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Ask(grpc::ServerContext* context, const v1::AskRequest* request,
+                   grpc::ServerWriter<v1::GenerateResponse>* writer) override {
+    if (grpc::Status s = CheckReady(); !s.ok()) return s;
+    absl::StatusOr<engine::RequestOptions> options =
+        Options(request->sampling(), v1::Policy(), context);
+    if (!options.ok()) return ToGrpc(options.status());
+    absl::StatusOr<engine::GenerateResult> result =
+        engine().Ask(request->session_id(), request->question(), *options, Streamer(writer));
+    return Finish(result, writer);
+  }
+
+  grpc::Status CloseSession(grpc::ServerContext*, const v1::CloseSessionRequest* request,
+                            v1::CloseSessionResponse*) override {
+    if (grpc::Status s = CheckReady(); !s.ok()) return s;
+    if (request->persist()) {
+      return ToGrpc(absl::UnimplementedError("persisted sessions need the disk tier"));
+    }
+    return ToGrpc(engine().CloseSession(request->session_id()));
+  }
+
+  grpc::Status ListSessions(grpc::ServerContext*, const v1::ListSessionsRequest*,
+                            v1::ListSessionsResponse* response) override {
+    if (grpc::Status s = CheckReady(); !s.ok()) return s;
+    for (const engine::SessionInfo& info : engine().ListSessions()) {
+      v1::SessionInfo* out = response->add_sessions();
+      out->set_session_id(info.id);
+      out->set_context_tokens(static_cast<uint64_t>(info.context_tokens));
+      out->set_policy(info.policy);
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
+                            v1::ModelInfo* response) override {
+    if (grpc::Status s = CheckReady(); !s.ok()) return s;
+    const model::ModelInfo& info = engine().model().info();
+    response->set_architecture(info.architecture);
+    response->set_name(info.name);
+    response->set_n_layers(static_cast<uint32_t>(info.n_layers));
+    response->set_n_heads(static_cast<uint32_t>(info.n_heads));
+    response->set_n_kv_heads(static_cast<uint32_t>(info.n_kv_heads));
+    response->set_head_dim(static_cast<uint32_t>(info.head_dim));
+    response->set_vocab_size(static_cast<uint32_t>(info.vocab_size));
+    response->set_max_context_tokens(static_cast<uint64_t>(engine().MaxContextTokens()));
+    const engine::GenerateOptions& base = engine().options().base;
+    response->set_kv_bytes_per_token(static_cast<uint64_t>(
+        engine().model().KvGeometryFor(base.kv_block, base.kv_dtype).TokenBytes()));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetClusterStats(grpc::ServerContext* context, const v1::GetClusterStatsRequest*,
+                               v1::ClusterStats* response) override {
+    if (grpc::Status s = CheckReady(); !s.ok()) return s;
+    engine::RequestOptions options;
+    options.check_cancel = CancelCheck(context);
+    absl::StatusOr<std::vector<engine::RankSnapshot>> ranks = engine().ClusterSnapshot(options);
+    if (!ranks.ok()) return ToGrpc(ranks.status());
+    const engine::EngineCounters counters = engine().counters();
+    for (const engine::RankSnapshot& rank : *ranks) {
+      v1::RankStats* out = response->add_ranks();
+      out->set_rank(rank.rank);
+      out->set_hostname(rank.hostname);
+      if (rank.rank == 0) FillTier(rank.device, &(*out->mutable_tiers())["device"]);
+      FillTier(rank.host, &(*out->mutable_tiers())["host"]);
+      out->set_bytes_sent(static_cast<uint64_t>(rank.bytes_sent));
+      out->set_bytes_received(static_cast<uint64_t>(rank.bytes_received));
+      out->set_requests(
+          static_cast<uint64_t>(rank.rank == 0 ? counters.requests : rank.delegate_calls));
+      out->set_errors(static_cast<uint64_t>(rank.rank == 0 ? counters.errors : 0));
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  // UNAVAILABLE while the model loads and after a rank was lost.
+  grpc::Status CheckReady() {
+    if (engine_.load() == nullptr) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading");
+    }
+    std::lock_guard lock(mu_);
+    if (lost_.ok()) return grpc::Status::OK;
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        absl::StrCat("the cluster lost a rank: ", std::string(lost_.message())));
+  }
+  engine::Engine& engine() { return *engine_.load(); }
+
+  static engine::TextCallback Streamer(grpc::ServerWriter<v1::GenerateResponse>* writer) {
+    return [writer](std::string_view text) {
+      v1::GenerateResponse delta;
+      delta.set_text_delta(std::string(text));
+      writer->Write(delta);
+    };
+  }
+
+  grpc::Status Finish(const absl::StatusOr<engine::GenerateResult>& result,
+                      grpc::ServerWriter<v1::GenerateResponse>* writer) {
+    if (!result.ok()) {
+      if (absl::IsUnavailable(result.status())) MarkLost(result.status());
+      return ToGrpc(result.status());
+    }
+    v1::GenerateResponse response;
+    v1::GenerateResponse::Final* final = response.mutable_final();
+    final->set_finish_reason(Reason(result->finish_reason));
+    final->mutable_usage()->set_prompt_tokens(
+        static_cast<uint32_t>(result->prompt_token_ids.size()));
+    final->mutable_usage()->set_completion_tokens(
+        static_cast<uint32_t>(result->generated_token_ids.size()));
+    for (int32_t id : result->generated_token_ids) final->add_generated_token_ids(id);
+    v1::RequestStats* stats = final->mutable_stats();
+    stats->set_prefill_tokens_per_s(result->prefill_tokens_per_s());
+    stats->set_decode_tokens_per_s(result->decode_tokens_per_s());
+    stats->set_policy("exact");
+    v1::RankStats* rank0 = stats->add_ranks();
+    rank0->set_rank(0);
+    FillTier(result->device_tier, &(*rank0->mutable_tiers())["device"]);
+    FillTier(result->host_tier, &(*rank0->mutable_tiers())["host"]);
+    for (size_t r = 1; r < result->rank_pools.size(); ++r) {
+      v1::RankStats* rank = stats->add_ranks();
+      rank->set_rank(static_cast<int32_t>(r));
+      FillTier(result->rank_pools[r], &(*rank->mutable_tiers())["host"]);
+    }
+    writer->Write(response);
+    return grpc::Status::OK;
+  }
+
+  std::atomic<engine::Engine*> engine_{nullptr};
+  std::mutex mu_;
+  absl::Status lost_;
+};
+
+struct Server::Impl {
+  std::unique_ptr<InferenceService> service;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+  std::mutex mu;
+  bool shut_down = false;
+};
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Server::~Server() { Shutdown(0); }
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  auto impl = std::make_unique<Impl>();
+  impl->service = std::make_unique<InferenceService>();
+  grpc::ServerBuilder builder;
+  // One server per port: without this gRPC sets SO_REUSEPORT and a second
+  // server on the same port would silently share it.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &impl->port);
+  builder.RegisterService(impl->service.get());
+  grpc::ResourceQuota quota("headwise");
+  quota.SetMaxThreads(std::max(2, options.max_threads));
+  builder.SetResourceQuota(quota);
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  impl->server = builder.BuildAndStart();
+  if (impl->server == nullptr || impl->port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen,
+                                               " (address in use, or not a host:port?)"));
+  }
+  std::unique_ptr<Server> server(new Server(std::move(impl)));
+  server->SetReady(false);
+  return server;
+}
+
+int Server::port() const { return impl_->port; }
+
+void Server::Attach(engine::Engine& engine) {
+  impl_->service->Attach(engine);
+  SetReady(true);
+}
+
+void Server::SetReady(bool ready) {
+  if (grpc::HealthCheckServiceInterface* health = impl_->server->GetHealthCheckService()) {
+    health->SetServingStatus(kServiceName, ready);
+  }
+}
+
+void Server::MarkLost(const absl::Status& why) {
+  impl_->service->MarkLost(why);
+  SetReady(false);
+}
+
+void Server::Shutdown(double grace_seconds) {
+  {
+    std::lock_guard lock(impl_->mu);
+    if (impl_->shut_down) return;
+    impl_->shut_down = true;
+  }
+  SetReady(false);
+  impl_->server->Shutdown(std::chrono::system_clock::now() +
+                          std::chrono::milliseconds(static_cast<int64_t>(grace_seconds * 1000)));
+}
+
+void Server::Wait() { impl_->server->Wait(); }
+
+}  // namespace headwise::service
