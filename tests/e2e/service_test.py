@@ -1,0 +1,218 @@
+"""`headwise serve` and its clients end to end on the real model: readiness,
+Generate equal to the local run, a passkey found through a session
+(OpenSession + Ask), sessions reused without re-prefill and unchanged by
+questions, errors as gRPC status codes (INVALID_ARGUMENT, NOT_FOUND,
+PERMISSION_DENIED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED for a full queue),
+a cancelled client leaving the server healthy, a 3-rank cluster under mpirun
+answering the same, and a drain on SIGTERM. Exits 77 (skip) without the
+model."""
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+passed = failed = 0
+
+
+def check(name, ok, detail=""):
+    global passed, failed
+    if ok:
+        passed += 1
+        print(f"PASS {name}", flush=True)
+    else:
+        failed += 1
+        print(f"FAIL {name}: {detail}", flush=True)
+
+
+def mpi_env():
+    env = dict(os.environ)
+    env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                "OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,vader",
+                "OMPI_MCA_rmaps_base_oversubscribe": "1"})
+    return env
+
+
+def passkey_document(key, repeats=60):
+    filler = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
+              "There and back again. ")
+    parts = ["There is an important piece of information hidden inside a lot of irrelevant "
+             "text. Find it and memorize it. I will quiz you about it.\n"] + [filler] * repeats
+    parts.insert(repeats * 2 // 5, f"The pass key is {key}. Remember it. {key} is the pass key. ")
+    return "".join(parts)
+
+
+QUESTION = "What is the pass key? Answer with the number only."
+
+
+class Server:
+    def __init__(self, hw, args, log, mpi_ranks=0):
+        cmd = [hw, "serve", "--listen", "127.0.0.1:0", *args]
+        if mpi_ranks:
+            cmd = ["mpirun", "-np", str(mpi_ranks), *cmd]
+        self.log = log
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"),
+                                     env=mpi_env(), start_new_session=True)
+        self.address = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            m = re.search(r"\(port (\d+)\)", open(log).read())
+            if m:
+                self.address = f"127.0.0.1:{m.group(1)}"
+                break
+            time.sleep(0.1)
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return None
+
+
+def run(*cmd, timeout=600):
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--headwise", required=True)
+    parser.add_argument("--model", required=True)
+    a = parser.parse_args()
+    if not os.path.exists(a.model):
+        print(f"SKIP: {a.model} not found: run scripts/fetch-model")
+        return 77
+    hw = a.headwise
+    tmp = tempfile.mkdtemp(prefix="headwise-service-")
+    ctx_dir = os.path.join(tmp, "contexts")
+    os.makedirs(ctx_dir)
+    doc = os.path.join(tmp, "passkey.txt")
+    with open(doc, "w") as f:
+        f.write(passkey_document(71432))
+    with open(os.path.join(ctx_dir, "other.txt"), "w") as f:
+        f.write(passkey_document(50815))
+
+    server = Server(hw, ["-m", a.model, "--context-dir", ctx_dir, "--max-queue", "1"],
+                    f"{tmp}/serve.log")
+    check("serve prints its port", server.address is not None, open(f"{tmp}/serve.log").read())
+    if server.address is None:
+        return 1
+    addr = server.address
+    r = run(hw, "status", "--server", addr, "--wait")
+    check("status --wait: ready", r.returncode == 0 and "SERVING" in r.stdout, r.stdout + r.stderr)
+    log = open(f"{tmp}/serve.log").read()
+    check("serve prints its configuration and KV capacity",
+          "KV capacity: 8192 tokens" in log and "placement" in log, log)
+
+    # Generate over gRPC == the local run (greedy).
+    r = run(hw, "generate", "--server", addr, "-p", "The capital of France is", "-n", "12",
+            "--stats-json", f"{tmp}/remote.json")
+    local = run(hw, "generate", "-m", a.model, "-p", "The capital of France is", "-n", "12",
+                "--stats-json", f"{tmp}/local.json")
+    ok = r.returncode == 0 and local.returncode == 0
+    check("generate --server streams the local run's tokens",
+          ok and json.load(open(f"{tmp}/remote.json"))["generated_token_ids"]
+          == json.load(open(f"{tmp}/local.json"))["generated_token_ids"], r.stderr + local.stderr)
+
+    # A passkey through a session opened from a streamed file.
+    r = run(hw, "ask", "--server", addr, "-f", doc, QUESTION, "-n", "16")
+    check("ask --file finds the passkey", r.returncode == 0 and "71432" in r.stdout,
+          r.stdout + r.stderr[-400:])
+    check("ask shows prefill progress", "prefill" in r.stderr and "tok/s" in r.stderr, r.stderr)
+
+    # A kept session: asked twice, the same answer; listed; a server-side file.
+    r = run(hw, "ask", "--server", addr, "--server-file", "other.txt", "--keep-session",
+            QUESTION, "-n", "16")
+    m = re.search(r"session: ([0-9a-f]+)", r.stderr)
+    check("ask --server-file --keep-session", r.returncode == 0 and m is not None
+          and "50815" in r.stdout, r.stdout + r.stderr[-400:])
+    session = m.group(1) if m else "none"
+    first = r.stdout
+    r1 = run(hw, "ask", "--server", addr, "--session", session, QUESTION, "-n", "16")
+    r2 = run(hw, "ask", "--server", addr, "--session", session, QUESTION, "-n", "16")
+    check("a session answers the same twice (its context is unchanged)",
+          r1.returncode == 0 and r1.stdout == r2.stdout == first, r1.stdout + "|" + r2.stdout)
+    check("asking a session does not re-prefill", "prefill [" not in r1.stderr, r1.stderr)
+    st = run(hw, "status", "--server", addr)
+    check("status lists the session", session in st.stdout and "context tokens" in st.stdout,
+          st.stdout)
+
+    # Errors as gRPC status codes.
+    r = run(hw, "generate", "--server", addr, "-p", "hi", "--top-p", "2")
+    check("bad sampling: INVALID_ARGUMENT", r.returncode == 1 and "INVALID_ARGUMENT" in r.stderr,
+          r.stderr)
+    long_prompt = os.path.join(tmp, "long.txt")
+    with open(long_prompt, "w") as f:
+        f.write("word " * 9000)
+    r = run(hw, "generate", "--server", addr, "-f", long_prompt, "-n", "4")
+    check("prompt past the context: INVALID_ARGUMENT with the numbers",
+          r.returncode == 1 and "INVALID_ARGUMENT" in r.stderr and "8192" in r.stderr, r.stderr)
+    r = run(hw, "ask", "--server", addr, "--session", "0123456789abcdef", QUESTION)
+    check("unknown session: NOT_FOUND", r.returncode == 1 and "NOT_FOUND" in r.stderr, r.stderr)
+    r = run(hw, "ask", "--server", addr, "--server-file", "../passkey.txt", QUESTION)
+    check("a path outside --context-dir: PERMISSION_DENIED",
+          r.returncode == 1 and "PERMISSION_DENIED" in r.stderr, r.stderr)
+    r = run(hw, "ask", "--server", addr, "--session", session, "--timeout", "0.05",
+            "Tell me a long story about the pass key.", "-n", "200", "--ignore-eos")
+    check("a deadline: DEADLINE_EXCEEDED", r.returncode == 1 and "DEADLINE_EXCEEDED" in r.stderr,
+          r.stderr)
+    # A client that goes away mid-answer.
+    p = subprocess.Popen([hw, "ask", "--server", addr, "--session", session, "--ignore-eos",
+                          "-n", "400", "Tell me a long story."], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.read(1)
+    p.kill()
+    p.wait()
+    r = run(hw, "ask", "--server", addr, "--session", session, QUESTION, "-n", "16")
+    check("after a deadline and a cancelled client the session still answers the same",
+          r.returncode == 0 and r.stdout == first, r.stdout + r.stderr)
+
+    # A full queue: one running, one waiting (--max-queue 1), the rest refused.
+    procs = [subprocess.Popen([hw, "generate", "--server", addr, "-p", "Count to one hundred:",
+                               "-n", "120", "--ignore-eos"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errors = [q.communicate(timeout=300)[1] for q in procs]
+    refused = sum("RESOURCE_EXHAUSTED" in e for e in errors)
+    check(f"a full queue: RESOURCE_EXHAUSTED ({refused} of 4 refused)",
+          1 <= refused <= 2 and all(("RESOURCE_EXHAUSTED" in e) or q.returncode == 0
+                                    for e, q in zip(errors, procs)), "\n".join(errors))
+
+    r = run(hw, "close", "--server", addr, session)
+    st = run(hw, "status", "--server", addr)
+    check("close: the session is gone", r.returncode == 0 and session not in st.stdout,
+          st.stdout + r.stderr)
+    rc = server.stop(signal.SIGTERM)
+    check("SIGTERM drains and exits 0", rc == 0 and "stopped" in open(f"{tmp}/serve.log").read(),
+          f"rc={rc}")
+
+    # A 3-rank cluster: the same passkey over gRPC, every rank reported.
+    cluster = Server(hw, ["-m", a.model, "--kv-block", "64"], f"{tmp}/serve3.log", mpi_ranks=3)
+    if cluster.address is None:
+        check("3-rank serve starts", False, open(f"{tmp}/serve3.log").read())
+    else:
+        r = run(hw, "status", "--server", cluster.address, "--wait")
+        r = run(hw, "ask", "--server", cluster.address, "-f", doc, QUESTION, "-n", "16")
+        check("3 ranks: ask --file finds the passkey", r.returncode == 0 and "71432" in r.stdout,
+              r.stdout + r.stderr[-400:])
+        st = run(hw, "status", "--server", cluster.address)
+        ranks = re.findall(r"^rank (\d) .*peak ([0-9.]+) MiB", st.stdout, re.M)
+        check("3 ranks: status reports every rank's KV",
+              [x[0] for x in ranks] == ["0", "1", "2"] and all(float(x[1]) > 0 for x in ranks[1:]),
+              st.stdout)
+        rc = cluster.stop(signal.SIGTERM)
+        check("3 ranks: SIGTERM ends the job", rc is not None, f"rc={rc}")
+
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
