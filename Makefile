@@ -45,7 +45,7 @@ test-asan: build-asan model
 
 demo: build model
 	$(HEADWISE) inspect $(MODEL)
-	$(HEADWISE) generate -m $(MODEL) --chat -p "What is the capital of France?" -n 32
+	scripts/demo $(HEADWISE) $(MODEL) 3
 
 # Benchmarks write JSON into bench/out/; figures go in docs/PERF.md.
 bench: build model
@@ -53,6 +53,7 @@ bench: build model
 	$(BUILD)/bench/kernels_bench --benchmark_format=json --benchmark_out=bench/out/kernels_bench.json --benchmark_out_format=json
 	$(BUILD)/bench/llama_bench -m $(MODEL) --out bench/out/llama_bench.json
 	$(BUILD)/bench/offload_bench --out bench/out/offload_bench.json
+	bench/run_distributed.sh $(BUILD)
 
 CXX_SOURCES = $(shell git ls-files '*.cc' '*.h' '*.cu' '*.cuh')
 

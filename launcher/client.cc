@@ -294,12 +294,20 @@ int RunStatus(const std::string& server, bool wait_ready, double wait_seconds) {
     const auto host = rank.tiers().find("host");
     const double used = host == rank.tiers().end() ? 0 : host->second.used_bytes() / 1048576.0;
     const double peak = host == rank.tiers().end() ? 0 : host->second.peak_bytes() / 1048576.0;
+    std::string work;
+    if (rank.attention_seconds() > 0) {
+      char text[96];
+      std::snprintf(text, sizeof(text), ", attended %.1f MiB in %.2f s (%.2f GB/s)",
+                    rank.attention_bytes() / 1048576.0, rank.attention_seconds(),
+                    rank.attention_bytes() / rank.attention_seconds() / 1e9);
+      work = text;
+    }
     std::printf(
         "rank %d (%s): host KV %.1f MiB (peak %.1f MiB), sent %.1f MiB, received %.1f MiB, "
-        "%llu requests, %llu errors\n",
+        "%llu requests, %llu errors%s\n",
         rank.rank(), rank.hostname().c_str(), used, peak, rank.bytes_sent() / 1048576.0,
         rank.bytes_received() / 1048576.0, static_cast<unsigned long long>(rank.requests()),
-        static_cast<unsigned long long>(rank.errors()));
+        static_cast<unsigned long long>(rank.errors()), work.c_str());
   }
   return 0;
 }

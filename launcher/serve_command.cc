@@ -68,8 +68,9 @@ int RunServe(const ServeFlags& flags) {
   server_options.listen = flags.listen;
   absl::StatusOr<std::unique_ptr<service::Server>> server = service::Server::Start(server_options);
   if (!server.ok()) return fail(server.status());
-  std::fprintf(stderr, "headwise serve: listening on %s (port %d), loading %s\n",
-               flags.listen.c_str(), (*server)->port(), flags.runtime.model.c_str());
+  const std::string host = flags.listen.substr(0, flags.listen.rfind(':'));
+  std::fprintf(stderr, "headwise serve: listening on %s:%d (port %d), loading %s\n", host.c_str(),
+               (*server)->port(), (*server)->port(), flags.runtime.model.c_str());
 
   absl::StatusOr<std::unique_ptr<model::LlamaModel>> llm =
       model::LlamaModel::Load(flags.runtime.model, rt.pool.get());

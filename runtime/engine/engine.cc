@@ -305,6 +305,11 @@ absl::StatusOr<std::vector<RankSnapshot>> Engine::ClusterSnapshot(const RequestO
   }
   ranks[0].device.budget_bytes = options_.base.device_budget_bytes;
   ranks[0].host.budget_bytes = options_.base.host_budget_bytes;
+  if (const cluster::PoolLedger* pools = options_.base.pools.get(); pools != nullptr) {
+    // Rank 0's share of the sealed blocks, over every session (its open
+    // tails are in the sessions' host tiers above).
+    ranks[0].host.peak_bytes = std::max(ranks[0].host.peak_bytes, pools->peak_bytes(0));
+  }
   for (int r = 0; r < world; ++r) {
     RankSnapshot& snap = ranks[r];
     snap.rank = r;

@@ -260,6 +260,11 @@ class InferenceService final : public v1::Inference::Service {
       out->set_requests(
           static_cast<uint64_t>(rank.rank == 0 ? counters.requests : rank.delegate_calls));
       out->set_errors(static_cast<uint64_t>(rank.rank == 0 ? counters.errors : 0));
+      out->set_attention_bytes(static_cast<uint64_t>(rank.attention_bytes));
+      out->set_attention_seconds(rank.attention_seconds);
+      out->set_probe_link_gbps(rank.probe.link_gbps);
+      out->set_probe_rtt_seconds(rank.probe.rtt_seconds);
+      out->set_probe_attention_gbps(rank.probe.attention_gbps);
     }
     return grpc::Status::OK;
   }
