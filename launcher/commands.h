@@ -16,5 +16,7 @@ void RegisterGenerateCommand(CLI::App& app, CommandRunner& run);
 void RegisterServeCommand(CLI::App& app, CommandRunner& run);
 // ask, status, close: clients of a running server.
 void RegisterClientCommands(CLI::App& app, CommandRunner& run);
+// launch: runs a command on every rank under mpirun (launcher/mpirun_command.h).
+void RegisterLaunchCommand(CLI::App& app, CommandRunner& run);
 
 }  // namespace headwise::launcher

@@ -2,10 +2,12 @@
 // "User-facing contract"). Parsing errors print CLI11's message and usage.
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "comm/build_info.h"
 #include "launcher/commands.h"
+#include "launcher/mpirun_command.h"
 #include "spdlog/spdlog.h"
 
 int main(int argc, char** argv) {
@@ -26,7 +28,13 @@ int main(int argc, char** argv) {
   headwise::launcher::RegisterGenerateCommand(app, run);
   headwise::launcher::RegisterServeCommand(app, run);
   headwise::launcher::RegisterClientCommands(app, run);
+  headwise::launcher::RegisterLaunchCommand(app, run);
 
-  CLI11_PARSE(app, argc, argv);
+  // `launch` takes mpirun's `-np N`, which CLI11 cannot name: spell it --np.
+  std::vector<std::string> args(argv + 1, argv + argc);
+  headwise::launcher::RewriteLaunchNp(args);
+  std::vector<char*> parsed = {argv[0]};
+  for (std::string& arg : args) parsed.push_back(arg.data());
+  CLI11_PARSE(app, static_cast<int>(parsed.size()), parsed.data());
   return run ? run() : EXIT_FAILURE;
 }

@@ -37,8 +37,8 @@ struct LaunchSpec {
   // Variables forwarded by name (-x NAME: mpirun passes its own value), e.g.
   // every HEADWISE_* of the environment and UCX_* ones not given as flags.
   std::vector<std::string> forwarded_env;
-  std::string headwise;               // absolute path of the headwise binary every rank runs
-  std::vector<std::string> command;   // headwise arguments after `--`, e.g. {"serve", ...}
+  std::string headwise;              // absolute path of the headwise binary every rank runs
+  std::vector<std::string> command;  // headwise arguments after `--`, e.g. {"serve", ...}
 };
 
 // The full argv, argv[0] == spec.mpirun. InvalidArgument when np < 1, the
@@ -60,7 +60,8 @@ std::string ShellJoin(const std::vector<std::string>& words);
 
 // mpirun spells the rank count `-np`; CLI11 only knows one-dash one-letter
 // names, so before parsing `headwise launch ... -np N ... -- ...` becomes
-// `... --np N ...` (only between `launch` and `--`). args excludes argv[0].
+// `... --np N ...` (only between `launch`, the first argument, and `--`).
+// args excludes argv[0].
 void RewriteLaunchNp(std::vector<std::string>& args);
 
 }  // namespace headwise::launcher
