@@ -182,11 +182,15 @@ int RunAsk(const AskRequest& r) {
         const double percent =
             100.0 * p.processed_tokens() / std::max<uint64_t>(1, p.total_tokens());
         const int filled = static_cast<int>(percent / 5);
-        std::fprintf(stderr, "\rprefill [%-20s] %llu/%llu tokens (%.0f%%), %.0f tok/s, eta %.0f s ",
-                     std::string(filled, '#').c_str(),
-                     static_cast<unsigned long long>(p.processed_tokens()),
-                     static_cast<unsigned long long>(p.total_tokens()), percent, p.tokens_per_s(),
-                     p.eta_s());
+        std::string tiers;
+        for (const auto& [tier, bytes] : p.bytes_per_tier()) {
+          if (bytes > 0) tiers += " " + tier + " " + std::to_string(bytes >> 20) + " MiB";
+        }
+        std::fprintf(
+            stderr, "\rprefill [%-20s] %llu/%llu tokens (%.0f%%), %.0f tok/s, eta %.0f s,%s ",
+            std::string(filled, '#').c_str(), static_cast<unsigned long long>(p.processed_tokens()),
+            static_cast<unsigned long long>(p.total_tokens()), percent, p.tokens_per_s(), p.eta_s(),
+            tiers.c_str());
       } else {
         session = response.session_id();
       }

@@ -192,9 +192,9 @@ absl::StatusOr<std::string> Engine::ReadContextFile(const std::string& path) con
   return text.str();
 }
 
-absl::StatusOr<std::string> Engine::OpenSession(
-    const std::string& context, const std::function<void(int64_t, int64_t)>& progress,
-    const RequestOptions& request) {
+absl::StatusOr<std::string> Engine::OpenSession(const std::string& context,
+                                                const PrefillCallback& progress,
+                                                const RequestOptions& request) {
   if (context.empty()) return Count(absl::InvalidArgumentError("the context is empty"));
   const std::vector<int32_t> tokens = EncodeText(chat_prefix_ + context);
   // Room for a question and its answer after the context.
@@ -204,10 +204,23 @@ absl::StatusOr<std::string> Engine::OpenSession(
   absl::StatusOr<std::unique_ptr<Turn>> turn = WaitTurn(request);
   if (!turn.ok()) return Count(turn.status());
   GenerateOptions options = Options(request);
-  options.on_prefill_progress = progress;
   const int64_t capacity = std::max<int64_t>(MaxContextTokens(), int64_t(tokens.size()) + 1);
   absl::StatusOr<std::unique_ptr<kv::KvStore>> store = CreateStore(llm_, options, capacity);
   if (!store.ok()) return Count(store.status());
+  if (progress) {
+    const kv::KvStore* cache = store->get();
+    options.on_prefill_progress = [&progress, cache](int64_t done, int64_t total) {
+      PrefillProgress p{done, total, {}};
+      p.tier_bytes["device"] = cache->tier_stats(kv::Tier::kDevice).used_bytes;
+      p.tier_bytes["host"] = cache->tier_stats(kv::Tier::kHost).used_bytes;
+      if (const cluster::PlacementPlan* plan = cache->placement(); plan != nullptr) {
+        int64_t remote = 0;
+        for (int32_t r = 1; r < plan->world_size(); ++r) remote += plan->used_bytes(r);
+        p.tier_bytes["remote"] = remote;
+      }
+      progress(p);
+    };
+  }
   if (absl::Status s = Prefill(llm_, **store, tokens, options, nullptr, nullptr); !s.ok()) {
     return Count(s);
   }

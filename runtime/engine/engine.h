@@ -43,6 +43,14 @@ struct EngineCounters {
   int64_t queued = 0;  // waiting now
 };
 
+// Where a prefill stands: tokens, and the bytes of the sequence's KV in each
+// tier ("device", "host" on this rank, "remote" in other ranks' pools).
+struct PrefillProgress {
+  int64_t done = 0, total = 0;
+  std::map<std::string, int64_t> tier_bytes;
+};
+using PrefillCallback = std::function<void(const PrefillProgress&)>;
+
 // Per-request knobs on top of EngineOptions::base.
 struct RequestOptions {
   model::SamplingParams sampling;
@@ -84,10 +92,10 @@ class Engine {
                                           const RequestOptions& request,
                                           const TextCallback& on_text);
 
-  // Prefills `context` into a new session and returns its id. Progress is
-  // reported as (tokens done, total).
+  // Prefills `context` into a new session and returns its id, reporting
+  // progress after every prefill chunk.
   absl::StatusOr<std::string> OpenSession(const std::string& context,
-                                          const std::function<void(int64_t, int64_t)>& progress,
+                                          const PrefillCallback& progress,
                                           const RequestOptions& request);
   // A file under options.context_dir (NotFound / PermissionDenied otherwise).
   absl::StatusOr<std::string> ReadContextFile(const std::string& path) const;

@@ -171,16 +171,19 @@ class InferenceService final : public v1::Inference::Service {
         Options(v1::SamplingParams(), v1::Policy(), context);
     if (!options.ok()) return ToGrpc(options.status());
     const auto start = std::chrono::steady_clock::now();
-    auto progress = [&](int64_t done, int64_t total) {
+    auto progress = [&](const engine::PrefillProgress& at) {
       const double s =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       v1::OpenSessionResponse response;
       v1::PrefillProgress* p = response.mutable_progress();
-      p->set_processed_tokens(static_cast<uint64_t>(done));
-      p->set_total_tokens(static_cast<uint64_t>(total));
-      const double rate = done / std::max(s, 1e-9);
+      p->set_processed_tokens(static_cast<uint64_t>(at.done));
+      p->set_total_tokens(static_cast<uint64_t>(at.total));
+      const double rate = at.done / std::max(s, 1e-9);
       p->set_tokens_per_s(rate);
-      p->set_eta_s((total - done) / std::max(rate, 1e-9));
+      p->set_eta_s((at.total - at.done) / std::max(rate, 1e-9));
+      for (const auto& [tier, bytes] : at.tier_bytes) {
+        (*p->mutable_bytes_per_tier())[tier] = static_cast<uint64_t>(bytes);
+      }
       stream->Write(response);
     };
     absl::StatusOr<std::string> id = engine().OpenSession(text, progress, *options);
