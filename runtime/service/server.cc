@@ -93,9 +93,17 @@ class InferenceService final : public v1::Inference::Service {
  public:
   void Attach(engine::Engine& engine) { engine_.store(&engine); }
 
+  // Called with the first status that says a rank is lost; the server turns
+  // readiness NOT_SERVING.
+  void OnLost(std::function<void()> callback) { on_lost_ = std::move(callback); }
+
   void MarkLost(const absl::Status& why) {
-    std::lock_guard lock(mu_);
-    lost_ = why;
+    {
+      std::lock_guard lock(mu_);
+      if (!lost_.ok()) return;
+      lost_ = why;
+    }
+    if (on_lost_) on_lost_();
   }
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
@@ -103,7 +111,7 @@ class InferenceService final : public v1::Inference::Service {
     if (grpc::Status s = CheckReady(); !s.ok()) return s;
     absl::StatusOr<engine::RequestOptions> options =
         Options(request->sampling(), request->policy(), context);
-    if (!options.ok()) return ToGrpc(options.status());
+    if (!options.ok()) return Out(options.status());
     std::vector<int32_t> prompt;
     switch (request->input_case()) {
       case v1::GenerateRequest::kText:
@@ -113,12 +121,12 @@ class InferenceService final : public v1::Inference::Service {
         std::vector<model::ChatMessage> messages;
         for (const v1::ChatMessage& m : request->chat().messages()) {
           if (m.role().empty())
-            return ToGrpc(absl::InvalidArgumentError("a chat message has no role"));
+            return Out(absl::InvalidArgumentError("a chat message has no role"));
           messages.push_back({m.role(), m.content()});
         }
-        if (messages.empty()) return ToGrpc(absl::InvalidArgumentError("no chat messages"));
+        if (messages.empty()) return Out(absl::InvalidArgumentError("no chat messages"));
         absl::StatusOr<std::vector<int32_t>> ids = engine().EncodeChat(messages);
-        if (!ids.ok()) return ToGrpc(ids.status());
+        if (!ids.ok()) return Out(ids.status());
         prompt = std::move(*ids);
         break;
       }
@@ -126,7 +134,7 @@ class InferenceService final : public v1::Inference::Service {
         const int64_t vocab = engine().model().info().vocab_size;
         for (int32_t id : request->token_ids().ids()) {
           if (id < 0 || id >= vocab) {
-            return ToGrpc(absl::InvalidArgumentError(
+            return Out(absl::InvalidArgumentError(
                 absl::StrCat("token id ", id, " is outside the vocabulary of ", vocab)));
           }
           prompt.push_back(id);
@@ -134,7 +142,7 @@ class InferenceService final : public v1::Inference::Service {
         break;
       }
       default:
-        return ToGrpc(absl::InvalidArgumentError("no input: set text, chat or token_ids"));
+        return Out(absl::InvalidArgumentError("no input: set text, chat or token_ids"));
     }
     absl::StatusOr<engine::GenerateResult> result =
         engine().Generate(prompt, *options, Streamer(writer));
@@ -151,25 +159,25 @@ class InferenceService final : public v1::Inference::Service {
     while (stream->Read(&part)) {
       if (part.source_case() == v1::OpenSessionRequest::kContextPath) {
         if (!text.empty() || from_path) {
-          return ToGrpc(absl::InvalidArgumentError("give one context_path, or chunks, not both"));
+          return Out(absl::InvalidArgumentError("give one context_path, or chunks, not both"));
         }
         absl::StatusOr<std::string> file = engine().ReadContextFile(part.context_path());
-        if (!file.ok()) return ToGrpc(file.status());
+        if (!file.ok()) return Out(file.status());
         text = std::move(*file);
         from_path = true;
       } else if (part.source_case() == v1::OpenSessionRequest::kContextChunk) {
         if (from_path) {
-          return ToGrpc(absl::InvalidArgumentError("give one context_path, or chunks, not both"));
+          return Out(absl::InvalidArgumentError("give one context_path, or chunks, not both"));
         }
         text += part.context_chunk();
       }
       if (!part.policy().name().empty() && part.policy().name() != "exact") {
-        return ToGrpc(absl::UnimplementedError("only the exact policy is available for sessions"));
+        return Out(absl::UnimplementedError("only the exact policy is available for sessions"));
       }
     }
     absl::StatusOr<engine::RequestOptions> options =
         Options(v1::SamplingParams(), v1::Policy(), context);
-    if (!options.ok()) return ToGrpc(options.status());
+    if (!options.ok()) return Out(options.status());
     const auto start = std::chrono::steady_clock::now();
     auto progress = [&](const engine::PrefillProgress& at) {
       const double s =
@@ -187,7 +195,7 @@ class InferenceService final : public v1::Inference::Service {
       stream->Write(response);
     };
     absl::StatusOr<std::string> id = engine().OpenSession(text, progress, *options);
-    if (!id.ok()) return ToGrpc(id.status());
+    if (!id.ok()) return Out(id.status());
     v1::OpenSessionResponse done;
     done.set_session_id(*id);
     stream->Write(done);
@@ -199,7 +207,7 @@ class InferenceService final : public v1::Inference::Service {
     if (grpc::Status s = CheckReady(); !s.ok()) return s;
     absl::StatusOr<engine::RequestOptions> options =
         Options(request->sampling(), v1::Policy(), context);
-    if (!options.ok()) return ToGrpc(options.status());
+    if (!options.ok()) return Out(options.status());
     absl::StatusOr<engine::GenerateResult> result =
         engine().Ask(request->session_id(), request->question(), *options, Streamer(writer));
     return Finish(result, writer);
@@ -209,9 +217,9 @@ class InferenceService final : public v1::Inference::Service {
                             v1::CloseSessionResponse*) override {
     if (grpc::Status s = CheckReady(); !s.ok()) return s;
     if (request->persist()) {
-      return ToGrpc(absl::UnimplementedError("persisted sessions need the disk tier"));
+      return Out(absl::UnimplementedError("persisted sessions need the disk tier"));
     }
-    return ToGrpc(engine().CloseSession(request->session_id()));
+    return Out(engine().CloseSession(request->session_id()));
   }
 
   grpc::Status ListSessions(grpc::ServerContext*, const v1::ListSessionsRequest*,
@@ -250,7 +258,7 @@ class InferenceService final : public v1::Inference::Service {
     engine::RequestOptions options;
     options.check_cancel = CancelCheck(context);
     absl::StatusOr<std::vector<engine::RankSnapshot>> ranks = engine().ClusterSnapshot(options);
-    if (!ranks.ok()) return ToGrpc(ranks.status());
+    if (!ranks.ok()) return Out(ranks.status());
     const engine::EngineCounters counters = engine().counters();
     for (const engine::RankSnapshot& rank : *ranks) {
       v1::RankStats* out = response->add_ranks();
@@ -285,6 +293,12 @@ class InferenceService final : public v1::Inference::Service {
   }
   engine::Engine& engine() { return *engine_.load(); }
 
+  // The gRPC status for an engine status; UNAVAILABLE means a rank is lost.
+  grpc::Status Out(const absl::Status& status) {
+    if (absl::IsUnavailable(status)) MarkLost(status);
+    return ToGrpc(status);
+  }
+
   static engine::TextCallback Streamer(grpc::ServerWriter<v1::GenerateResponse>* writer) {
     return [writer](std::string_view text) {
       v1::GenerateResponse delta;
@@ -295,10 +309,7 @@ class InferenceService final : public v1::Inference::Service {
 
   grpc::Status Finish(const absl::StatusOr<engine::GenerateResult>& result,
                       grpc::ServerWriter<v1::GenerateResponse>* writer) {
-    if (!result.ok()) {
-      if (absl::IsUnavailable(result.status())) MarkLost(result.status());
-      return ToGrpc(result.status());
-    }
+    if (!result.ok()) return Out(result.status());
     v1::GenerateResponse response;
     v1::GenerateResponse::Final* final = response.mutable_final();
     final->set_finish_reason(Reason(result->finish_reason));
@@ -325,6 +336,7 @@ class InferenceService final : public v1::Inference::Service {
   }
 
   std::atomic<engine::Engine*> engine_{nullptr};
+  std::function<void()> on_lost_;
   std::mutex mu_;
   absl::Status lost_;
 };
@@ -346,6 +358,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   auto impl = std::make_unique<Impl>();
   impl->service = std::make_unique<InferenceService>();
+  Impl* raw = impl.get();
+  impl->service->OnLost([raw] {
+    if (grpc::HealthCheckServiceInterface* health = raw->server->GetHealthCheckService()) {
+      health->SetServingStatus(kServiceName, false);
+    }
+  });
   grpc::ServerBuilder builder;
   // One server per port: without this gRPC sets SO_REUSEPORT and a second
   // server on the same port would silently share it.
@@ -379,10 +397,7 @@ void Server::SetReady(bool ready) {
   }
 }
 
-void Server::MarkLost(const absl::Status& why) {
-  impl_->service->MarkLost(why);
-  SetReady(false);
-}
+void Server::MarkLost(const absl::Status& why) { impl_->service->MarkLost(why); }
 
 void Server::Shutdown(double grace_seconds) {
   {

@@ -50,10 +50,10 @@ QUESTION = "What is the pass key? Answer with the number only."
 
 
 class Server:
-    def __init__(self, hw, args, log, mpi_ranks=0):
+    def __init__(self, hw, args, log, mpi_ranks=0, mpi_args=()):
         cmd = [hw, "serve", "--listen", "127.0.0.1:0", *args]
         if mpi_ranks:
-            cmd = ["mpirun", "-np", str(mpi_ranks), *cmd]
+            cmd = ["mpirun", *mpi_args, "-np", str(mpi_ranks), *cmd]
         self.log = log
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"),
                                      env=mpi_env(), start_new_session=True)
@@ -209,6 +209,38 @@ def main():
               st.stdout)
         rc = cluster.stop(signal.SIGTERM)
         check("3 ranks: SIGTERM ends the job", rc is not None, f"rc={rc}")
+
+    # A memory rank lost while serving: requests fail UNAVAILABLE naming it
+    # within --peer-timeout, readiness turns NOT_SERVING, rank 0 stays up.
+    # (mpirun --enable-recovery keeps the other ranks when one dies.)
+    cluster = Server(hw, ["-m", a.model, "--kv-block", "64", "--peer-timeout", "3"],
+                     f"{tmp}/serve_lost.log", mpi_ranks=3, mpi_args=("--enable-recovery",))
+    if cluster.address is None:
+        check("3-rank serve (recovery) starts", False, open(f"{tmp}/serve_lost.log").read())
+    else:
+        run(hw, "status", "--server", cluster.address, "--wait")
+        victim = None
+        for pid in os.listdir("/proc"):
+            try:
+                env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+                cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if b"OMPI_COMM_WORLD_RANK=2" in env and b"serve" in cmdline and \
+                    cluster.address.split(":")[1].encode() not in cmdline:
+                victim = int(pid)
+        if victim is not None:
+            os.kill(victim, signal.SIGKILL)
+        start = time.monotonic()
+        r = run(hw, "ask", "--server", cluster.address, "-f", doc, QUESTION, "-n", "16")
+        elapsed = time.monotonic() - start
+        check(f"a lost rank: UNAVAILABLE naming it ({elapsed:.1f} s)",
+              victim is not None and r.returncode == 1 and "UNAVAILABLE" in r.stderr
+              and "rank 2" in r.stderr and elapsed < 60, r.stderr[-600:])
+        st = run(hw, "status", "--server", cluster.address)
+        check("a lost rank: readiness NOT_SERVING, rank 0 still answers",
+              "NOT_SERVING" in st.stdout, st.stdout + st.stderr)
+        cluster.stop(signal.SIGKILL, timeout=30)
 
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
