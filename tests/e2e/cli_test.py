@@ -9,22 +9,13 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "util"))
+from harness import check, summary  # noqa: E402
+
 REQUIRED_STATS = [
     "prompt_tokens", "generated_token_ids", "text", "prefill_tokens_per_s",
     "decode_tokens_per_s", "policy", "ranks", "head_group_size",
 ]
-
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"PASS {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name}: {detail}")
 
 
 def run(binary, *args, env=None):
@@ -114,8 +105,7 @@ def main():
     check("device peak within its budget", dev.get("peak_bytes", 1) <= dev.get("budget_bytes", 0),
           json.dumps(dev))
 
-    print(f"{passed} passed, {failed} failed")
-    return 0 if failed == 0 else 1
+    return summary()
 
 
 if __name__ == "__main__":

@@ -16,34 +16,8 @@ import sys
 import tempfile
 import time
 
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"PASS {name}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL {name}: {detail}", flush=True)
-
-
-def mpi_env():
-    env = dict(os.environ)
-    env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-                "OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,vader",
-                "OMPI_MCA_rmaps_base_oversubscribe": "1"})
-    return env
-
-
-def passkey_document(key, repeats=60):
-    filler = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
-              "There and back again. ")
-    parts = ["There is an important piece of information hidden inside a lot of irrelevant "
-             "text. Find it and memorize it. I will quiz you about it.\n"] + [filler] * repeats
-    parts.insert(repeats * 2 // 5, f"The pass key is {key}. Remember it. {key} is the pass key. ")
-    return "".join(parts)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "util"))
+from harness import check, mpi_env, passkey_document, summary  # noqa: E402
 
 
 QUESTION = "What is the pass key? Answer with the number only."
@@ -242,8 +216,7 @@ def main():
               "NOT_SERVING" in st.stdout, st.stdout + st.stderr)
         cluster.stop(signal.SIGKILL, timeout=30)
 
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":

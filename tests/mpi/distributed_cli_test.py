@@ -17,25 +17,8 @@ import sys
 import tempfile
 import time
 
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"PASS {name}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL {name}: {detail}", flush=True)
-
-
-def mpi_env():
-    env = dict(os.environ)
-    env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-                "OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,vader",
-                "OMPI_MCA_rmaps_base_oversubscribe": "1"})
-    return env
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "util"))
+from harness import check, mpi_env, summary  # noqa: E402
 
 
 def logits(path):
@@ -157,8 +140,7 @@ def main():
               f"({elapsed if elapsed is None else round(elapsed, 2)} s)", ok,
               f"rc={rc} stderr={err[-600:]}")
 
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":
