@@ -49,7 +49,7 @@ void MpiTest::TearDown() {
   MPI_Allgather(&failed, 1, MPI_INT, all.data(), 1, MPI_INT, MPI_COMM_WORLD);
   std::string others;
   for (int r = 0; r < g_size; ++r) {
-    if (all[r] && r != g_rank) others += " " + std::to_string(r);
+    if (all[r] && r != g_rank) others.append(" ").append(std::to_string(r));
   }
   if (!others.empty() && !failed) ADD_FAILURE() << "test failed on rank(s)" << others;
 }
