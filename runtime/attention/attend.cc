@@ -110,9 +110,12 @@ class LayerAttention {
     // Delegated partials go out first: memory ranks compute while this rank
     // does its own part.
     std::vector<int32_t> pulled;
+    if (world > 1) {
+      // A delegate or pull must not overtake the put of a block it reads.
+      if (absl::Status s = store_.AwaitRemoteHomes(); !s.ok()) return s;
+    }
     for (int32_t r = 1; r < world; ++r) {
       if (Empty(lists[r])) continue;
-      if (absl::Status s = store_.AwaitRemoteHomes(); !s.ok()) return s;
       if (Mode(r, lists[r]) == cluster::ExecMode::kPull) {
         pulled.push_back(r);
       } else if (absl::Status s = PostDelegate(r, lists[r], stats); !s.ok()) {
