@@ -2,7 +2,6 @@
 one-line errors, the --stats-json contract of DESIGN.md, environment twins,
 and the sim device giving the cpu device's tokens. Runs the real binary on the
 real model; exits 77 (skip) when the model is missing."""
-import argparse
 import json
 import os
 import subprocess
@@ -10,7 +9,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "util"))
-from harness import check, summary  # noqa: E402
+from harness import check, parse_args, summary  # noqa: E402
 
 REQUIRED_STATS = [
     "prompt_tokens", "generated_token_ids", "text", "prefill_tokens_per_s",
@@ -26,12 +25,8 @@ def run(binary, *args, env=None):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--headwise", required=True)
-    parser.add_argument("--model", required=True)
-    a = parser.parse_args()
-    if not os.path.exists(a.model):
-        print(f"SKIP: {a.model} not found: run scripts/fetch-model")
+    a = parse_args()
+    if a is None:
         return 77
     hw, model = a.headwise, a.model
     tmp = tempfile.mkdtemp(prefix="headwise-cli-")

@@ -6,7 +6,6 @@ PERMISSION_DENIED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED for a full queue),
 a cancelled client leaving the server healthy, a 3-rank cluster under mpirun
 answering the same, and a drain on SIGTERM. Exits 77 (skip) without the
 model."""
-import argparse
 import json
 import os
 import re
@@ -17,7 +16,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "util"))
-from harness import check, mpi_env, passkey_document, summary  # noqa: E402
+from harness import check, parse_args, mpi_env, passkey_document, summary  # noqa: E402
 
 
 QUESTION = "What is the pass key? Answer with the number only."
@@ -57,12 +56,8 @@ def run(*cmd, timeout=600):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--headwise", required=True)
-    parser.add_argument("--model", required=True)
-    a = parser.parse_args()
-    if not os.path.exists(a.model):
-        print(f"SKIP: {a.model} not found: run scripts/fetch-model")
+    a = parse_args()
+    if a is None:
         return 77
     hw = a.headwise
     tmp = tempfile.mkdtemp(prefix="headwise-service-")

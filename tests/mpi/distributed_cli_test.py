@@ -6,7 +6,6 @@ listing every rank; a memory rank killed (SIGKILL) or frozen (SIGSTOP)
 mid-decode makes rank 0 fail UNAVAILABLE naming the rank within
 --peer-timeout, and the job ends (nothing hangs). Exits 77 (skip) without the
 model."""
-import argparse
 import json
 import os
 import random
@@ -18,7 +17,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "util"))
-from harness import check, mpi_env, summary  # noqa: E402
+from harness import check, parse_args, mpi_env, summary  # noqa: E402
 
 
 def logits(path):
@@ -81,12 +80,8 @@ def fault(a, prompt, sig, name):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--headwise", required=True)
-    parser.add_argument("--model", required=True)
-    a = parser.parse_args()
-    if not os.path.exists(a.model):
-        print(f"SKIP: {a.model} not found: run scripts/fetch-model")
+    a = parse_args()
+    if a is None:
         return 77
     tmp = tempfile.mkdtemp(prefix="headwise-mpi-")
     rng = random.Random(3)

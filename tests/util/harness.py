@@ -38,3 +38,18 @@ def passkey_document(key, repeats=60):
              "text. Find it and memorize it. I will quiz you about it.\n"] + [filler] * repeats
     parts.insert(repeats * 2 // 5, f"The pass key is {key}. Remember it. {key} is the pass key. ")
     return "".join(parts)
+
+
+def parse_args():
+    """--headwise BINARY --model GGUF; None (after printing SKIP) when the
+    model is missing: the caller returns 77, ctest's skip code."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--headwise", required=True)
+    parser.add_argument("--model", required=True)
+    a = parser.parse_args()
+    if not os.path.exists(a.model):
+        print(f"SKIP: {a.model} not found: run scripts/fetch-model")
+        return None
+    return a
