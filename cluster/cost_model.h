@@ -24,18 +24,26 @@ struct RankProbe {
   double link_gbps = 0;       // one-sided read bandwidth coordinator <- rank, GB/s
   double rtt_seconds = 0;     // an empty call's round trip
   double attention_gbps = 0;  // KV bytes/s the rank's partial-attention kernel reads, GB/s
+  // The rank's disk tier: its budget and a sequential read of it, GB/s
+  // (0 and 0 without one).
+  int64_t disk_bytes = 0;
+  double disk_read_gbps = 0;
 };
 
 struct CostModel {
   std::vector<RankProbe> ranks;  // by rank; ranks[0] is the coordinator (link unused)
 
-  // Estimated seconds for a partial over `kv_bytes` of `rank`'s blocks with
-  // `message_bytes` of queries out plus (o, lse) back.
-  double PullSeconds(int rank, int64_t kv_bytes) const;
-  double DelegateSeconds(int rank, int64_t kv_bytes, int64_t message_bytes) const;
+  // Estimated seconds for a partial over `kv_bytes` of `rank`'s blocks, of
+  // which `disk_bytes` are on its disk, with `message_bytes` of queries out
+  // plus (o, lse) back. Pull reads disk blocks there and ships them (fetch);
+  // delegate computes on them as they stream from the disk (near-storage).
+  double PullSeconds(int rank, int64_t kv_bytes, int64_t disk_bytes = 0) const;
+  double DelegateSeconds(int rank, int64_t kv_bytes, int64_t message_bytes,
+                         int64_t disk_bytes = 0) const;
   // `mode` unless it is kAuto; then the cheaper estimate (delegate on ties
   // or without probes: it moves no KV).
-  ExecMode Choose(ExecMode mode, int rank, int64_t kv_bytes, int64_t message_bytes) const;
+  ExecMode Choose(ExecMode mode, int rank, int64_t kv_bytes, int64_t message_bytes,
+                  int64_t disk_bytes = 0) const;
   // One line per rank, for the log.
   std::string Describe() const;
 };

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -28,56 +29,69 @@ const char* PlacementName(PlacementPolicy policy) {
   return policy == PlacementPolicy::kHeadMajor ? "head-major" : "striped";
 }
 
+const char* PoolTierName(PoolTier tier) { return tier == PoolTier::kHost ? "host" : "disk"; }
+
 absl::StatusOr<std::shared_ptr<PoolLedger>> PoolLedger::Create(int64_t block_bytes,
-                                                               std::vector<int64_t> pool_bytes) {
-  if (pool_bytes.empty() || block_bytes < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("invalid pools: ", pool_bytes.size(), " ranks, ",
-                                                   block_bytes, "-byte blocks"));
+                                                               std::vector<int64_t> host_bytes,
+                                                               std::vector<int64_t> disk_bytes) {
+  if (host_bytes.empty() || block_bytes < 1 ||
+      (!disk_bytes.empty() && disk_bytes.size() != host_bytes.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid pools: ", host_bytes.size(), " ranks (",
+                                                   disk_bytes.size(), " disk tiers), ", block_bytes,
+                                                   "-byte blocks"));
   }
-  for (size_t r = 0; r < pool_bytes.size(); ++r) {
-    if (pool_bytes[r] < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("rank ", r, " has a negative pool budget"));
-    }
-  }
+  if (disk_bytes.empty()) disk_bytes.assign(host_bytes.size(), 0);
   std::shared_ptr<PoolLedger> ledger(new PoolLedger());
   ledger->block_bytes_ = block_bytes;
-  ledger->used_bytes_.assign(pool_bytes.size(), 0);
-  ledger->peak_bytes_.assign(pool_bytes.size(), 0);
-  ledger->free_slots_.resize(pool_bytes.size());
-  ledger->next_slot_.assign(pool_bytes.size(), 0);
-  ledger->pool_bytes_ = std::move(pool_bytes);
+  for (int tier = 0; tier < 2; ++tier) {
+    const std::vector<int64_t>& budgets = tier == 0 ? host_bytes : disk_bytes;
+    for (size_t r = 0; r < budgets.size(); ++r) {
+      if (budgets[r] < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "rank ", r, " has a negative ", PoolTierName(PoolTier(tier)), " pool budget"));
+      }
+      Pool pool;
+      pool.budget = budgets[r];
+      ledger->pools_[tier].push_back(std::move(pool));
+    }
+  }
   return ledger;
 }
 
-int64_t PoolLedger::Acquire(int32_t rank) {
+int64_t PoolLedger::Acquire(int32_t rank, PoolTier tier) {
   std::lock_guard lock(mu_);
-  if (used_bytes_[rank] + block_bytes_ > pool_bytes_[rank]) return -1;
-  used_bytes_[rank] += block_bytes_;
-  peak_bytes_[rank] = std::max(peak_bytes_[rank], used_bytes_[rank]);
-  std::vector<int64_t>& free = free_slots_[rank];
-  if (free.empty()) return next_slot_[rank]++;
-  std::pop_heap(free.begin(), free.end(), std::greater<>());
-  const int64_t slot = free.back();
-  free.pop_back();
+  Pool& pool = pools_[int(tier)][rank];
+  if (pool.used + block_bytes_ > pool.budget) return -1;
+  pool.used += block_bytes_;
+  pool.peak = std::max(pool.peak, pool.used);
+  if (pool.free.empty()) return pool.next_slot++;
+  std::pop_heap(pool.free.begin(), pool.free.end(), std::greater<>());
+  const int64_t slot = pool.free.back();
+  pool.free.pop_back();
   return slot;
 }
 
-void PoolLedger::Release(int32_t rank, int64_t slot) {
+void PoolLedger::Release(int32_t rank, PoolTier tier, int64_t slot) {
   std::lock_guard lock(mu_);
-  used_bytes_[rank] -= block_bytes_;
-  std::vector<int64_t>& free = free_slots_[rank];
-  free.push_back(slot);
-  std::push_heap(free.begin(), free.end(), std::greater<>());
+  Pool& pool = pools_[int(tier)][rank];
+  pool.used -= block_bytes_;
+  pool.free.push_back(slot);
+  std::push_heap(pool.free.begin(), pool.free.end(), std::greater<>());
 }
 
-int64_t PoolLedger::used_bytes(int32_t rank) const {
+int64_t PoolLedger::used_bytes(int32_t rank, PoolTier tier) const {
   std::lock_guard lock(mu_);
-  return used_bytes_[rank];
+  return pools_[int(tier)][rank].used;
 }
 
-int64_t PoolLedger::peak_bytes(int32_t rank) const {
+int64_t PoolLedger::peak_bytes(int32_t rank, PoolTier tier) const {
   std::lock_guard lock(mu_);
-  return peak_bytes_[rank];
+  return pools_[int(tier)][rank].peak;
+}
+
+int64_t PoolLedger::pool_bytes(int32_t rank, PoolTier tier) const {
+  std::lock_guard lock(mu_);
+  return pools_[int(tier)][rank].budget;
 }
 
 absl::StatusOr<PlacementPlan> PlacementPlan::Create(PlacementPolicy policy, int32_t n_layers,
@@ -107,7 +121,7 @@ absl::StatusOr<PlacementPlan> PlacementPlan::Create(PlacementPolicy policy, int3
 
 PlacementPlan::~PlacementPlan() {
   if (ledger_ == nullptr) return;  // moved from
-  for (const auto& [key, home] : homes_) ledger_->Release(home.rank, home.slot);
+  for (const auto& [key, home] : homes_) ledger_->Release(home.rank, home.tier, home.slot);
 }
 
 int32_t PlacementPlan::PreferredRank(int32_t layer, int32_t kv_head, int32_t block) const {
@@ -127,49 +141,103 @@ uint64_t PlacementPlan::Key(int32_t layer, int32_t kv_head, int32_t block) const
          uint64_t(kv_head);
 }
 
-absl::StatusOr<int32_t> PlacementPlan::Place(int32_t layer, int32_t kv_head, int32_t block) {
+std::optional<uint64_t> PlacementPlan::ColdestHostBlock(int32_t rank) {
+  std::deque<uint64_t>& order = host_order_[rank];
+  while (!order.empty()) {
+    const uint64_t key = order.front();
+    order.pop_front();
+    auto it = homes_.find(key);
+    if (it != homes_.end() && it->second.rank == rank && it->second.tier == PoolTier::kHost) {
+      return key;
+    }
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<BlockHome> PlacementPlan::Place(int32_t layer, int32_t kv_head, int32_t block) {
   if (layer < 0 || layer >= n_layers_ || kv_head < 0 || kv_head >= n_kv_heads_ || block < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("no block (layer ", layer, ", kv head ", kv_head, ", block ", block, ")"));
   }
   const uint64_t key = Key(layer, kv_head, block);
-  if (auto it = homes_.find(key); it != homes_.end()) return it->second.rank;
+  if (auto it = homes_.find(key); it != homes_.end()) return it->second;
+  if (host_order_.empty()) host_order_.resize(world_size());
   const int32_t preferred = PreferredRank(layer, kv_head, block);
   for (int32_t step = 0; step < world_size(); ++step) {
     const int32_t rank = (preferred + step) % world_size();
-    const int64_t slot = ledger_->Acquire(rank);
-    if (slot < 0) continue;
-    homes_.emplace(key, Home{rank, slot});
+    BlockHome home{rank, PoolTier::kHost, ledger_->Acquire(rank, PoolTier::kHost)};
+    if (home.slot < 0) {
+      // Host full: the rank's disk takes the coldest block there, or this one.
+      const int64_t disk_slot = ledger_->Acquire(rank, PoolTier::kDisk);
+      if (disk_slot < 0) continue;
+      if (std::optional<uint64_t> coldest = ColdestHostBlock(rank)) {
+        BlockHome& moved = homes_[*coldest];
+        const uint64_t per_block = uint64_t(n_layers_) * uint64_t(n_kv_heads_);
+        demotions_.push_back({static_cast<int32_t>(*coldest % per_block / n_kv_heads_),
+                              static_cast<int32_t>(*coldest % n_kv_heads_),
+                              static_cast<int32_t>(*coldest / per_block), rank, moved.slot,
+                              disk_slot});
+        home.slot = moved.slot;
+        moved = {rank, PoolTier::kDisk, disk_slot};
+        ++demoted_blocks_;
+      } else {
+        home = {rank, PoolTier::kDisk, disk_slot};
+      }
+    }
+    if (home.tier == PoolTier::kHost) host_order_[rank].push_back(key);
+    homes_.emplace(key, home);
     if (step > 0) ++spilled_blocks_;
-    return rank;
+    return home;
   }
   std::string pools;
   for (int32_t r = 0; r < world_size(); ++r) {
     absl::StrAppend(&pools, r == 0 ? "" : ", ", "rank ", r, " ", Bytes(used_bytes(r)), " of ",
                     Bytes(pool_bytes(r)));
+    if (pool_bytes(r, PoolTier::kDisk) > 0) {
+      absl::StrAppend(&pools, " host + ", Bytes(used_bytes(r, PoolTier::kDisk)), " of ",
+                      Bytes(pool_bytes(r, PoolTier::kDisk)), " disk");
+    }
   }
   return absl::ResourceExhaustedError(
       absl::StrCat("cluster KV pools are full: a ", Bytes(ledger_->block_bytes()), " block (layer ",
                    layer, ", kv head ", kv_head, ", block ", block, ") fits on no rank (", pools,
-                   "); add ranks or raise --host-mem"));
+                   "); add ranks or raise --host-mem / --disk-mem"));
 }
 
-std::optional<int32_t> PlacementPlan::HomeOf(int32_t layer, int32_t kv_head, int32_t block) const {
-  if (auto it = homes_.find(Key(layer, kv_head, block)); it != homes_.end()) {
-    return it->second.rank;
+absl::StatusOr<BlockHome> PlacementPlan::PlaceOn(int32_t layer, int32_t kv_head, int32_t block,
+                                                 int32_t rank) {
+  if (layer < 0 || layer >= n_layers_ || kv_head < 0 || kv_head >= n_kv_heads_ || block < 0 ||
+      rank < 0 || rank >= world_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("no block (layer ", layer, ", kv head ", kv_head,
+                                                   ", block ", block, ") on rank ", rank));
   }
-  return std::nullopt;
+  const uint64_t key = Key(layer, kv_head, block);
+  if (auto it = homes_.find(key); it != homes_.end()) return it->second;
+  if (host_order_.empty()) host_order_.resize(world_size());
+  for (PoolTier tier : {PoolTier::kHost, PoolTier::kDisk}) {
+    const int64_t slot = ledger_->Acquire(rank, tier);
+    if (slot < 0) continue;
+    if (tier == PoolTier::kHost) host_order_[rank].push_back(key);
+    return homes_[key] = BlockHome{rank, tier, slot};
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "rank ", rank, " has no room for block (layer ", layer, ", kv head ", kv_head, ", block ",
+      block, "): host ", Bytes(used_bytes(rank)), " of ", Bytes(pool_bytes(rank)), ", disk ",
+      Bytes(used_bytes(rank, PoolTier::kDisk)), " of ", Bytes(pool_bytes(rank, PoolTier::kDisk))));
 }
 
-int64_t PlacementPlan::SlotOf(int32_t layer, int32_t kv_head, int32_t block) const {
-  auto it = homes_.find(Key(layer, kv_head, block));
-  return it == homes_.end() ? -1 : it->second.slot;
+std::vector<Demotion> PlacementPlan::TakeDemotions() { return std::exchange(demotions_, {}); }
+
+std::optional<BlockHome> PlacementPlan::HomeOf(int32_t layer, int32_t kv_head,
+                                               int32_t block) const {
+  if (auto it = homes_.find(Key(layer, kv_head, block)); it != homes_.end()) return it->second;
+  return std::nullopt;
 }
 
 void PlacementPlan::Release(int32_t layer, int32_t kv_head, int32_t block) {
   auto it = homes_.find(Key(layer, kv_head, block));
   if (it == homes_.end()) return;
-  ledger_->Release(it->second.rank, it->second.slot);
+  ledger_->Release(it->second.rank, it->second.tier, it->second.slot);
   homes_.erase(it);
 }
 

@@ -4,6 +4,7 @@
 // MPI_Finalize.
 #include "launcher/cluster_session.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 
@@ -16,8 +17,10 @@
 namespace headwise::launcher {
 
 absl::StatusOr<std::unique_ptr<ClusterSession>> ClusterSession::Start(
-    const cluster::LaunchInfo& launch, int64_t pool_bytes, absl::Duration peer_timeout) {
+    const cluster::LaunchInfo& launch, int64_t pool_bytes, absl::Duration peer_timeout,
+    kv::DiskTierOptions disk) {
   std::unique_ptr<ClusterSession> session(new ClusterSession());
+  session->disk_ = std::move(disk);
   absl::StatusOr<comm::MpiSession> mpi = comm::MpiSession::Init(nullptr, nullptr);
   if (!mpi.ok()) return mpi.status();
   session->mpi_.emplace(std::move(*mpi));
@@ -33,6 +36,13 @@ absl::StatusOr<std::unique_ptr<ClusterSession>> ClusterSession::Start(
   absl::StatusOr<cluster::CostModel> costs = attention::ProbeCluster(*session->transport_);
   if (!costs.ok()) return costs.status();
   session->costs_ = std::move(*costs);
+  if (session->disk_.bytes > 0) {
+    absl::StatusOr<double> gbps = kv::MeasureSequentialReadGbps(
+        session->disk_.dir, std::min<int64_t>(session->disk_.bytes, int64_t{64} << 20));
+    if (!gbps.ok()) return gbps.status();
+    session->costs_.ranks[0].disk_bytes = session->disk_.bytes;
+    session->costs_.ranks[0].disk_read_gbps = *gbps;
+  }
   const std::vector<comm::PeerInfo>& peers = session->transport_->peers();
   std::fprintf(stderr, "cluster: %zu ranks, UCX error mode %s\n", peers.size(),
                session->transport_->error_mode() == comm::UcxTransportOptions::ErrorMode::kPeer
@@ -50,6 +60,10 @@ absl::StatusOr<std::unique_ptr<ClusterSession>> ClusterSession::Start(
                    r, peers[r].hostname.c_str(), peers[r].pool_bytes / double(1 << 30),
                    probe.attention_gbps, probe.link_gbps, probe.rtt_seconds * 1e6);
     }
+    if (probe.disk_bytes > 0) {
+      std::fprintf(stderr, "  rank %zu disk tier: %.2f GiB, sequential read %.2f GB/s\n", r,
+                   probe.disk_bytes / double(1 << 30), probe.disk_read_gbps);
+    }
   }
   return session;
 }
@@ -64,7 +78,7 @@ ClusterSession::~ClusterSession() {
 int ClusterSession::ServeMemoryRank(int threads) {
   runtime::ThreadPool pool(threads);
   std::unique_ptr<device::Device> cpu = device::MakeCpuDevice(&pool);
-  attention::MemoryRank rank(*transport_, *cpu);
+  attention::MemoryRank rank(*transport_, *cpu, disk_);
   if (absl::Status s = rank.Serve(); !s.ok()) {
     std::fprintf(stderr, "headwise: memory rank %d: %s\n", transport_->rank(),
                  std::string(s.message()).c_str());

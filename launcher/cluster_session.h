@@ -16,6 +16,7 @@
 #include "cluster/world.h"
 #include "comm/mpi.h"
 #include "comm/ucx_transport.h"
+#include "runtime/kv/storage_rank.h"
 
 namespace headwise::launcher {
 
@@ -27,10 +28,13 @@ class ClusterSession {
  public:
   // Collective: every rank of the launched world calls it. `pool_bytes` is
   // this rank's pool (ignored on rank 0, whose blocks stay in its own KV
-  // store). Rank 0 probes the other ranks and logs the cluster.
+  // store). `disk` is this rank's disk tier (made on first use on memory
+  // ranks; rank 0's belongs to its KV stores). Rank 0 probes the other ranks
+  // (and its own disk) and logs the cluster.
   static absl::StatusOr<std::unique_ptr<ClusterSession>> Start(const cluster::LaunchInfo& launch,
                                                                int64_t pool_bytes,
-                                                               absl::Duration peer_timeout);
+                                                               absl::Duration peer_timeout,
+                                                               kv::DiskTierOptions disk = {});
   ~ClusterSession();
 
   bool coordinator() const { return transport_->rank() == 0; }
@@ -51,6 +55,7 @@ class ClusterSession {
   std::optional<comm::MpiSession> mpi_;
   std::unique_ptr<comm::UcxTransport> transport_;
   cluster::CostModel costs_;
+  kv::DiskTierOptions disk_;
 };
 
 }  // namespace headwise::launcher

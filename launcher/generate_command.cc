@@ -55,6 +55,13 @@ nlohmann::json TierJson(const kv::TierStats& tier) {
           {"budget_bytes", tier.budget_bytes}};
 }
 
+nlohmann::json DiskJson(const kv::TierStats& tier, int64_t bytes_read, double read_seconds) {
+  nlohmann::json json = TierJson(tier);
+  json["bytes_read"] = bytes_read;
+  json["read_gbps"] = read_seconds > 0 ? bytes_read / read_seconds / 1e9 : 0.0;
+  return json;
+}
+
 // Every rank's line of the stats: tiers, and bytes sent/received as the
 // coordinator counted them (it initiates every transfer).
 nlohmann::json RankStats(const engine::GenerateResult& result, ClusterSession* cluster,
@@ -69,6 +76,10 @@ nlohmann::json RankStats(const engine::GenerateResult& result, ClusterSession* c
       {"bytes_to_host", result.copies.bytes_to_host},
       {"bytes_sent", 0},
       {"bytes_received", 0}};
+  if (!result.rank_disks.empty() && result.rank_disks[0].budget_bytes > 0) {
+    rank0["tiers"]["disk"] = DiskJson(result.rank_disks[0], result.stream.disk_bytes_read,
+                                      result.stream.disk_read_seconds);
+  }
   nlohmann::json ranks = nlohmann::json::array({rank0});
   if (cluster == nullptr) return ranks;
   comm::KvTransport& transport = cluster->transport();
@@ -81,10 +92,17 @@ nlohmann::json RankStats(const engine::GenerateResult& result, ClusterSession* c
                                    ? result.rank_pools[r]
                                    : kv::TierStats{0, 0, transport.peers()[r].pool_bytes};
     const attention::MemoryRankStats& m = memory[r];
+    nlohmann::json tiers = {{"host", TierJson(pool)}};
+    if (m.disk_bytes > 0) {
+      const kv::TierStats disk = r < static_cast<int>(result.rank_disks.size())
+                                     ? result.rank_disks[r]
+                                     : kv::TierStats{0, 0, m.disk_bytes};
+      tiers["disk"] = DiskJson(disk, m.disk_bytes_read, m.disk_read_seconds);
+    }
     ranks.push_back({{"rank", r},
                      {"role", "memory"},
                      {"hostname", transport.peers()[r].hostname},
-                     {"tiers", {{"host", TierJson(pool)}}},
+                     {"tiers", tiers},
                      {"bytes_sent", traffic.bytes_received},
                      {"bytes_received", traffic.bytes_sent},
                      {"calls", traffic.calls},
@@ -134,6 +152,9 @@ absl::Status WriteStats(const std::string& path, const GenerateFlags& flags,
       {"pull_items", result.stream.pull_items},
       {"bytes_pulled", result.stream.bytes_pulled},
       {"remote_wait_seconds", result.stream.remote_wait_seconds},
+      {"disk_bytes_read", result.stream.disk_bytes_read},
+      {"bytes_fetched", result.stream.bytes_fetched},
+      {"disk_seconds", result.stream.disk_seconds},
       {"ranks", RankStats(result, cluster, memory)},
   };
   std::ofstream out(path);

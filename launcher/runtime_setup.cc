@@ -29,6 +29,13 @@ void AddRuntimeOptions(CLI::App& cmd, RuntimeFlags& flags) {
                  "Host KV pool of each rank (0: unlimited in one process; 4 GiB per memory rank "
                  "under mpirun)")
       ->capture_default_str();
+  cmd.add_option("--disk-dir", flags.disk_dir,
+                 "Directory on a local SSD for each rank's disk KV tier (blocks past --host-mem "
+                 "spill there; attention on them runs on the rank that stores them)");
+  cmd.add_option("--disk-mem", flags.disk_mem,
+                 "Disk KV tier of each rank, preallocated in --disk-dir (0: none; 8GiB when only "
+                 "--disk-dir is given)")
+      ->capture_default_str();
   cmd.add_option("--sim-link-gbps", flags.sim_link_gbps,
                  "sim device host<->device link cap in GB/s (0: memcpy speed)")
       ->capture_default_str();
@@ -63,6 +70,13 @@ absl::StatusOr<Runtime> StartRuntime(const RuntimeFlags& flags, std::string_view
   if (!device_mem.ok()) return device_mem.status();
   absl::StatusOr<uint64_t> host_mem = ParseBytes(flags.host_mem);
   if (!host_mem.ok()) return host_mem.status();
+  absl::StatusOr<uint64_t> disk_mem = ParseBytes(flags.disk_mem);
+  if (!disk_mem.ok()) return disk_mem.status();
+  kv::DiskTierOptions disk{flags.disk_dir, static_cast<int64_t>(*disk_mem)};
+  if (!disk.dir.empty() && disk.bytes == 0) disk.bytes = kDefaultDiskBytes;
+  if (disk.dir.empty() && disk.bytes > 0) {
+    return absl::InvalidArgumentError("--disk-mem needs --disk-dir (where the disk tier lives)");
+  }
   std::optional<cluster::PlacementPolicy> placement = cluster::ParsePlacement(flags.placement);
   if (!placement) {
     return absl::InvalidArgumentError("--placement must be head-major or striped, got '" +
@@ -89,7 +103,7 @@ absl::StatusOr<Runtime> StartRuntime(const RuntimeFlags& flags, std::string_view
   // Under mpirun/srun every rank joins; memory ranks serve until rank 0 is done.
   if (const cluster::LaunchInfo launch = cluster::DetectLaunch(); launch.is_distributed()) {
     absl::StatusOr<std::unique_ptr<ClusterSession>> started = ClusterSession::Start(
-        launch, static_cast<int64_t>(*host_mem), absl::Seconds(flags.peer_timeout));
+        launch, static_cast<int64_t>(*host_mem), absl::Seconds(flags.peer_timeout), disk);
     if (!started.ok()) return started.status();
     rt.cluster = std::move(*started);
     if (rt.memory_rank()) return rt;
@@ -121,6 +135,7 @@ absl::StatusOr<Runtime> StartRuntime(const RuntimeFlags& flags, std::string_view
   base.device = rt.device.get();
   base.device_budget_bytes = static_cast<int64_t>(*device_mem);
   base.host_budget_bytes = static_cast<int64_t>(*host_mem);
+  base.disk = disk;
   if (rt.cluster != nullptr) {
     base.transport = &rt.cluster->transport();
     base.placement = *placement;

@@ -17,6 +17,9 @@
 
 namespace headwise::launcher {
 
+// A rank's disk tier when --disk-dir is given without --disk-mem.
+inline constexpr int64_t kDefaultDiskBytes = int64_t{8} << 30;
+
 struct RuntimeFlags {
   std::string model;
   int32_t threads = 0;
@@ -26,6 +29,8 @@ struct RuntimeFlags {
   std::string device = "cpu";
   std::string device_mem = "0";
   std::string host_mem = "0";
+  std::string disk_dir;
+  std::string disk_mem = "0";
   double sim_link_gbps = 0;
   std::string placement = "head-major";
   std::string mode = "auto";

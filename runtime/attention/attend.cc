@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels/lse.h"
+#include "runtime/attention/near_storage.h"
 #include "runtime/attention/remote.h"
 
 namespace headwise::attention {
@@ -105,7 +106,8 @@ class LayerAttention {
     }
     const int32_t sealed = store_.n_sealed(a_.layer), total = store_.n_blocks(a_.layer);
     const int world = store_.distributed() ? store_.transport()->size() : 1;
-    std::vector<HeadLists> lists = Lists(a_.layer, sealed, world);
+    std::vector<HeadLists> disk_lists;
+    std::vector<HeadLists> lists = Lists(a_.layer, sealed, world, &disk_lists);
 
     // Delegated partials go out first: memory ranks compute while this rank
     // does its own part.
@@ -115,10 +117,10 @@ class LayerAttention {
       if (absl::Status s = store_.AwaitRemoteHomes(); !s.ok()) return s;
     }
     for (int32_t r = 1; r < world; ++r) {
-      if (Empty(lists[r])) continue;
-      if (Mode(r, lists[r]) == cluster::ExecMode::kPull) {
+      if (Empty(lists[r]) && Empty(disk_lists[r])) continue;
+      if (Mode(r, lists[r], disk_lists[r]) == cluster::ExecMode::kPull) {
         pulled.push_back(r);
-      } else if (absl::Status s = PostDelegate(r, lists[r], stats); !s.ok()) {
+      } else if (absl::Status s = PostDelegate(r, lists[r], disk_lists[r], stats); !s.ok()) {
         return s;
       }
     }
@@ -144,6 +146,12 @@ class LayerAttention {
     if (!items.empty() || (!in_place && sealed > 0)) {
       if (absl::Status s = Pipeline(items, /*staging=*/!in_place, stats); !s.ok()) return s;
     }
+    // Disk blocks: this rank's computed as they stream off its disk; pulled
+    // ranks' fetched (read there, shipped here) and computed here.
+    if (absl::Status s = LocalDisk(disk_lists[0], stats); !s.ok()) return s;
+    for (int32_t r : pulled) {
+      if (absl::Status s = FetchDisk(r, disk_lists[r], stats); !s.ok()) return s;
+    }
     if (absl::Status s = MergeDelegated(stats); !s.ok()) return s;
     return store_.Seal(a_.layer);
   }
@@ -160,23 +168,105 @@ class LayerAttention {
     return std::all_of(lists.begin(), lists.end(), [](const auto& l) { return l.empty(); });
   }
 
-  // lists[rank][head]: the sealed blocks of `layer` each rank holds.
-  std::vector<HeadLists> Lists(int32_t layer, int32_t sealed, int world) const {
+  // lists[rank][head]: the sealed blocks of `layer` each rank holds in
+  // memory (device, host pool); (*disk)[rank][head] those on its disk.
+  std::vector<HeadLists> Lists(int32_t layer, int32_t sealed, int world,
+                               std::vector<HeadLists>* disk = nullptr) const {
     std::vector<HeadLists> lists(world, HeadLists(g_.n_kv_heads));
+    if (disk != nullptr) disk->assign(world, HeadLists(g_.n_kv_heads));
     for (int32_t h = 0; h < g_.n_kv_heads; ++h) {
       for (int32_t b = 0; b < sealed; ++b) {
-        lists[world > 1 ? store_.BlockRank(layer, h, b) : 0][h].push_back(b);
+        const cluster::BlockHome home = store_.Home(layer, h, b);
+        if (home.tier == cluster::PoolTier::kDisk) {
+          if (disk != nullptr) (*disk)[home.rank][h].push_back(b);
+        } else {
+          lists[home.rank][h].push_back(b);
+        }
       }
     }
     return lists;
   }
 
-  cluster::ExecMode Mode(int32_t rank, const HeadLists& lists) const {
-    int64_t blocks = 0, heads = 0;
-    for (const auto& l : lists) blocks += static_cast<int64_t>(l.size()), heads += !l.empty();
+  cluster::ExecMode Mode(int32_t rank, const HeadLists& lists, const HeadLists& disk) const {
+    int64_t blocks = 0, disk_blocks = 0, heads = 0;
+    for (int32_t h = 0; h < g_.n_kv_heads; ++h) {
+      blocks += static_cast<int64_t>(lists[h].size() + disk[h].size());
+      disk_blocks += static_cast<int64_t>(disk[h].size());
+      heads += !lists[h].empty() || !disk[h].empty();
+    }
     const int64_t message = a_.n_rows * heads * group_ * (2 * g_.head_dim + 1) * 4;
     return store_.options().costs.Choose(store_.options().mode, rank, blocks * g_.BlockBytes(),
-                                         message);
+                                         message, disk_blocks * g_.BlockBytes());
+  }
+
+  // This rank's disk blocks, attended as they stream off the disk.
+  absl::Status LocalDisk(const HeadLists& disk, StreamStats* stats) {
+    if (Empty(disk)) return absl::OkStatus();
+    const Clock::time_point start = Clock::now();
+    std::vector<DiskHead> heads;
+    int64_t blocks = 0;
+    for (int32_t h = 0; h < g_.n_kv_heads; ++h) {
+      if (disk[h].empty()) continue;
+      DiskHead& head = heads.emplace_back();
+      head.args = Args(h, h + 1, nullptr, 0, false, a_.out, lse_.data());
+      for (int32_t b : disk[h]) {
+        head.slots.push_back(store_.Home(a_.layer, h, b).slot);
+        head.n_tokens.push_back(store_.BlockTokens(a_.layer, b));
+        head.pos0.push_back(b * g_.block_tokens);
+      }
+      blocks += static_cast<int64_t>(disk[h].size());
+    }
+    const kv::DiskStats before = store_.disk()->stats();
+    if (absl::Status s = AttendFromDisk(*store_.disk(), heads, kDiskWindowBytes); !s.ok()) {
+      return s;
+    }
+    if (stats != nullptr) {
+      stats->disk_read_seconds += store_.disk()->stats().read_seconds - before.read_seconds;
+      stats->disk_bytes_read += blocks * g_.BlockBytes();
+      stats->disk_seconds += Since(start);
+    }
+    return absl::OkStatus();
+  }
+
+  // `rank`'s disk blocks, fetched here (the FlexGen way) a landing buffer's
+  // worth at a time and computed on this rank's CPU.
+  absl::Status FetchDisk(int32_t rank, const HeadLists& disk, StreamStats* stats) {
+    if (Empty(disk)) return absl::OkStatus();
+    const Clock::time_point start = Clock::now();
+    const int64_t block = g_.BlockBytes();
+    const int32_t per_batch =
+        static_cast<int32_t>(std::max<int64_t>(1, store_.landing_bytes() / block));
+    std::vector<uint8_t> buffer;
+    std::vector<int64_t> slots;
+    for (int32_t h = 0; h < g_.n_kv_heads; ++h) {
+      for (size_t first = 0; first < disk[h].size(); first += per_batch) {
+        const size_t n = std::min<size_t>(per_batch, disk[h].size() - first);
+        slots.clear();
+        views_.clear();
+        buffer.resize(n * size_t(block));
+        for (size_t i = 0; i < n; ++i) {
+          const int32_t b = disk[h][first + i];
+          slots.push_back(store_.Home(a_.layer, h, b).slot);
+          const uint8_t* k = buffer.data() + i * block;
+          views_.push_back(
+              {k, k + block / 2, store_.BlockTokens(a_.layer, b), b * g_.block_tokens});
+        }
+        if (absl::Status s =
+                kv::FetchRemote(*store_.transport(), rank, block, slots, buffer.data());
+            !s.ok()) {
+          return s;
+        }
+        if (!kernels::PartialAttention(Args(h, h + 1, views_.data(), static_cast<int32_t>(n), false,
+                                            part_o_.data(), part_lse_.data()))) {
+          return absl::InternalError("fetched partial attention: inconsistent shapes");
+        }
+        MergeHeads(a_.out, lse_.data(), part_o_.data(), part_lse_.data(), a_.n_rows, a_.n_heads,
+                   g_.head_dim, h * group_, (h + 1) * group_);
+        if (stats != nullptr) stats->bytes_fetched += int64_t(n) * block;
+      }
+    }
+    if (stats != nullptr) stats->disk_seconds += Since(start);
+    return absl::OkStatus();
   }
 
   kernels::PartialAttentionArgs Args(int32_t h0, int32_t h1, const kernels::KvBlockView* blocks,
@@ -403,7 +493,8 @@ class LayerAttention {
     return absl::OkStatus();
   }
 
-  absl::Status PostDelegate(int32_t rank, const HeadLists& lists, StreamStats* stats) {
+  absl::Status PostDelegate(int32_t rank, const HeadLists& lists, const HeadLists& disk,
+                            StreamStats* stats) {
     DelegateRequest request;
     request.head_dim = g_.head_dim;
     request.group_size = group_;
@@ -413,12 +504,16 @@ class LayerAttention {
     request.n_rows = a_.n_rows;
     request.q_pos = pos_;
     for (int32_t h = 0; h < g_.n_kv_heads; ++h) {
-      if (lists[h].empty()) continue;
+      if (lists[h].empty() && disk[h].empty()) continue;
       request.heads.push_back(h);
       std::vector<RemoteBlock>& blocks = request.blocks.emplace_back();
       for (int32_t b : lists[h]) {
         blocks.push_back({static_cast<uint64_t>(store_.RemoteOffset(a_.layer, h, b)),
                           store_.BlockTokens(a_.layer, b), b * g_.block_tokens});
+      }
+      for (int32_t b : disk[h]) {
+        blocks.push_back({static_cast<uint64_t>(store_.Home(a_.layer, h, b).slot),
+                          store_.BlockTokens(a_.layer, b), b * g_.block_tokens, /*on_disk=*/1});
       }
     }
     const int64_t width = int64_t(group_) * g_.head_dim;

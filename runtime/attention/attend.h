@@ -43,6 +43,12 @@ struct StreamStats {
   int64_t pull_items = 0;          // staged items read from other ranks
   int64_t bytes_pulled = 0;        // KV bytes read from other ranks
   double remote_wait_seconds = 0;  // compute thread blocked on delegate replies
+  // Disk tiers: KV read from this rank's disk (attended as it streamed in),
+  // KV fetched from other ranks' disks (pull mode), and the time both took.
+  int64_t disk_bytes_read = 0;
+  double disk_read_seconds = 0;  // reading this rank's disk (within disk_seconds)
+  int64_t bytes_fetched = 0;
+  double disk_seconds = 0;
 };
 
 // Runs attention for args.n_rows new tokens at positions store.n_tokens(layer)

@@ -3,7 +3,11 @@
 // world size x coordinator device runs the real executor and protocol and
 // must give the single-process all-resident run's greedy tokens and logits.
 // FaultyTransport shows a lost rank surfaces as UNAVAILABLE naming it.
+#include <stdlib.h>
+
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <random>
 #include <string>
@@ -94,12 +98,13 @@ class DistributedTest : public ::testing::Test {
     return run;
   }
 
-  // A world of `size` loopback ranks whose memory ranks serve with MemoryRank.
+  // A world of `size` loopback ranks whose memory ranks serve with
+  // MemoryRank (with a disk tier of disk.bytes in disk.dir when given).
   struct World {
-    explicit World(int size, int64_t pool_bytes)
+    explicit World(int size, int64_t pool_bytes, kv::DiskTierOptions disk = {})
         : loopback(std::vector<int64_t>(size, pool_bytes)) {
       for (int r = 1; r < size; ++r) {
-        ranks.push_back(std::make_unique<MemoryRank>(loopback.transport(r), *cpu_));
+        ranks.push_back(std::make_unique<MemoryRank>(loopback.transport(r), *cpu_, disk));
         EXPECT_TRUE(ranks.back()->Serve().ok());
       }
     }
@@ -222,7 +227,9 @@ TEST_F(DistributedTest, StoresShareThePoolsAndATruncatedTailComesBack) {
   for (cluster::PlacementPolicy placement :
        {cluster::PlacementPolicy::kHeadMajor, cluster::PlacementPolicy::kStriped}) {
     World world(3, int64_t{64} << 20);
-    auto pools = kv::MakePoolLedger(world.loopback.transport(0), BlockBytes(), 0);
+    kv::KvStoreOptions ledger_options = Options(cpu_);
+    ledger_options.transport = &world.loopback.transport(0);
+    auto pools = kv::MakePoolLedger(ledger_options);
     ASSERT_TRUE(pools.ok()) << pools.status();
     kv::KvStoreOptions options = Options(cpu_);
     options.transport = &world.loopback.transport(0);
@@ -252,6 +259,180 @@ TEST_F(DistributedTest, StoresShareThePoolsAndATruncatedTailComesBack) {
     a->reset();
     EXPECT_LT((*pools)->used_bytes(1) + (*pools)->used_bytes(2), used);  // a's slots freed
   }
+}
+
+// A fresh directory for disk tiers, removed with everything in it.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = ::testing::TempDir() + "headwise-disk-XXXXXX";
+    path_ = mkdtemp(pattern.data()) != nullptr ? pattern : "";
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  const std::string& path() const { return path_; }
+  // The disk tier files of `rank` in it.
+  std::vector<std::string> Files(int rank) const {
+    std::vector<std::string> files;
+    for (const auto& entry : std::filesystem::directory_iterator(path_)) {
+      const std::string name = entry.path().filename().string();
+      if (name.starts_with(absl::StrCat("headwise-kv-rank", rank, "-"))) {
+        files.push_back(entry.path().string());
+      }
+    }
+    std::sort(files.begin(), files.end());
+    return files;
+  }
+
+ private:
+  std::string path_;
+};
+
+// Flips one byte at `offset` of `path`.
+void FlipByte(const std::string& path, int64_t offset) {
+  std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+  file.seekg(offset);
+  char byte = 0;
+  file.read(&byte, 1);
+  byte = static_cast<char>(byte ^ 0x5a);
+  file.seekp(offset);
+  file.write(&byte, 1);
+}
+
+TEST_F(DistributedTest, DiskTierKeepsEveryPathExact) {
+  // Host budgets of a few blocks: most of the KV (~200 blocks) goes to disk.
+  TempDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  const int64_t block = BlockBytes();
+  const kv::DiskTierOptions disk{dir.path(), 512 * block};
+  auto sim = device::MakeSimDevice({int64_t{1} << 20, 0.0}, pool_);
+  ASSERT_TRUE(sim.ok()) << sim.status();
+  for (device::Device* device : {cpu_, sim->get()}) {
+    kv::KvStoreOptions options = Options(device);
+    options.disk = disk;
+    if (device == cpu_) {
+      options.host_budget_bytes = 60 * block;  // 39 for tails and open blocks, 21 sealed
+    } else {
+      options.device_budget_bytes = int64_t{1} << 20;
+      options.host_budget_bytes = 20 * block;
+    }
+    absl::StatusOr<RunResult> run = Generate(options);
+    ASSERT_TRUE(run.ok()) << device->name() << ": " << run.status();
+    EXPECT_EQ(run->tokens, reference_->tokens) << device->name();
+    EXPECT_LT(RelL2(run->prompt_logits, reference_->prompt_logits), 1e-5) << device->name();
+    EXPECT_GT(run->stats.disk_bytes_read, 0) << device->name();
+  }
+  // Three ranks with small pools and disks: every placement and mode.
+  for (cluster::PlacementPolicy placement :
+       {cluster::PlacementPolicy::kHeadMajor, cluster::PlacementPolicy::kStriped}) {
+    for (cluster::ExecMode mode : {cluster::ExecMode::kPull, cluster::ExecMode::kDelegate}) {
+      const std::string where =
+          absl::StrCat(cluster::PlacementName(placement), ", ", cluster::ExecModeName(mode));
+      World world(3, 8 * block, disk);
+      kv::KvStoreOptions options = Options(cpu_);
+      options.transport = &world.loopback.transport(0);
+      options.placement = placement;
+      options.mode = mode;
+      options.host_budget_bytes = 50 * block;
+      options.disk = disk;
+      options.costs.ranks.resize(3);
+      for (cluster::RankProbe& probe : options.costs.ranks) probe.disk_bytes = disk.bytes;
+      absl::StatusOr<RunResult> run = Generate(options);
+      ASSERT_TRUE(run.ok()) << where << ": " << run.status();
+      EXPECT_EQ(run->tokens, reference_->tokens) << where;
+      EXPECT_LT(RelL2(run->prompt_logits, reference_->prompt_logits), 1e-5) << where;
+      EXPECT_GT(
+          world.ranks[0]->stats().disk_bytes_written + world.ranks[1]->stats().disk_bytes_written,
+          0)
+          << where;
+      if (mode == cluster::ExecMode::kPull) {
+        EXPECT_GT(run->stats.bytes_fetched, 0) << where;  // disk blocks shipped here
+      } else {
+        EXPECT_EQ(run->stats.bytes_fetched, 0) << where;  // attended where they are stored
+        EXPECT_GT(world.ranks[0]->stats().kv_bytes_attended, 0) << where;
+      }
+    }
+  }
+}
+
+TEST_F(DistributedTest, TruncatingIntoADiskBlockReadsItBack) {
+  TempDir dir;
+  const int64_t block = BlockBytes();
+  for (int size : {1, 3}) {
+    World world(size, 4 * block, {dir.path(), 512 * block});
+    kv::KvStoreOptions options = Options(cpu_);
+    options.host_budget_bytes = 45 * block;
+    options.disk = {dir.path(), 512 * block};
+    if (size > 1) {
+      options.transport = &world.loopback.transport(0);
+      options.costs.ranks.resize(size);
+      for (cluster::RankProbe& probe : options.costs.ranks) probe.disk_bytes = 512 * block;
+    }
+    auto store = kv::KvStore::Create(options);
+    ASSERT_TRUE(store.ok()) << store.status();
+    std::vector<float> logits;
+    for (size_t begin = 0; begin < prompt_->size(); begin += kChunk) {
+      const size_t n = std::min<size_t>(kChunk, prompt_->size() - begin);
+      ASSERT_TRUE(llm_->Forward(std::span(*prompt_).subspan(begin, n), **store, &logits).ok());
+    }
+    EXPECT_GT((*store)->placement()->used_bytes(0, cluster::PoolTier::kDisk) +
+                  (size > 1 ? (*store)->placement()->used_bytes(1, cluster::PoolTier::kDisk) : 0),
+              0);
+    // Position 40 is in block 1: among the first blocks moved to a disk.
+    const int64_t keep = 40;
+    ASSERT_EQ((*store)->Home(0, 0, 1).tier, cluster::PoolTier::kDisk) << size;
+    ASSERT_TRUE((*store)->Truncate(keep).ok()) << size;
+    for (size_t begin = keep; begin < prompt_->size(); begin += kChunk) {
+      const size_t n = std::min<size_t>(kChunk, prompt_->size() - begin);
+      absl::Status s = llm_->Forward(std::span(*prompt_).subspan(begin, n), **store, &logits);
+      ASSERT_TRUE(s.ok()) << s;
+    }
+    EXPECT_LT(RelL2(logits, reference_->prompt_logits), 1e-5) << size << " ranks";
+  }
+}
+
+TEST_F(DistributedTest, ACorruptDiskBlockIsDataLossNamingIt) {
+  const int64_t block = BlockBytes();
+  for (int size : {1, 2}) {
+    TempDir dir;
+    World world(size, 4 * block, {dir.path(), 512 * block});
+    kv::KvStoreOptions options = Options(cpu_);
+    options.host_budget_bytes = 45 * block;
+    options.disk = {dir.path(), 512 * block};
+    options.mode = cluster::ExecMode::kDelegate;
+    if (size > 1) {
+      options.transport = &world.loopback.transport(0);
+      options.costs.ranks.resize(size);
+      for (cluster::RankProbe& probe : options.costs.ranks) probe.disk_bytes = 512 * block;
+    }
+    auto store = kv::KvStore::Create(options);
+    ASSERT_TRUE(store.ok()) << store.status();
+    std::vector<float> logits;
+    ASSERT_TRUE(llm_->Forward(std::span(*prompt_).subspan(0, kChunk), **store, &logits).ok());
+    // Disk slot 0 of the rank holding blocks on disk: its first file, offset 0.
+    const int rank = size - 1;
+    const std::vector<std::string> files = dir.Files(rank);
+    ASSERT_FALSE(files.empty()) << size;
+    FlipByte(files[0], 100);
+    absl::Status s = llm_->Forward(std::span(*prompt_).subspan(kChunk, kChunk), **store, &logits);
+    ASSERT_FALSE(s.ok()) << size;
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(absl::StrCat("rank ", rank))) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("layer ")) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("kv head ")) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(files[0])) << s;
+  }
+}
+
+TEST_F(DistributedTest, AFullDiskIsResourceExhaustedWithTheNumbers) {
+  TempDir dir;
+  const int64_t block = BlockBytes();
+  kv::KvStoreOptions options = Options(cpu_);
+  options.host_budget_bytes = 45 * block;
+  options.disk = {dir.path(), 16 * block};
+  absl::StatusOr<RunResult> run = Generate(options);
+  ASSERT_FALSE(run.ok());
+  EXPECT_EQ(run.status().code(), absl::StatusCode::kResourceExhausted) << run.status();
+  EXPECT_THAT(std::string(run.status().message()), HasSubstr("65536 bytes of 65536 bytes disk"));
 }
 
 TEST_F(DistributedTest, MemoryRankRejectsOffsetsOutsideItsPool) {

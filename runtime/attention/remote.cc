@@ -14,59 +14,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/attention.h"
+#include "runtime/attention/near_storage.h"
+#include "runtime/kv/wire.h"
 
 namespace headwise::attention {
 namespace {
 
-enum class CallKind : uint32_t { kDelegate = 1, kPing = 2, kProbe = 3, kStats = 4, kStop = 5 };
-
-class Writer {
- public:
-  template <typename T>
-  void Put(const T& value) {
-    const auto* p = reinterpret_cast<const std::byte*>(&value);
-    bytes_.insert(bytes_.end(), p, p + sizeof(T));
-  }
-  template <typename T>
-  void PutArray(const T* data, size_t n) {
-    const auto* p = reinterpret_cast<const std::byte*>(data);
-    bytes_.insert(bytes_.end(), p, p + n * sizeof(T));
-  }
-  std::vector<std::byte> Take() { return std::move(bytes_); }
-
- private:
-  std::vector<std::byte> bytes_;
-};
-
-// Reads fields in order; a read past the end fails the reader for good.
-class Reader {
- public:
-  explicit Reader(std::span<const std::byte> bytes) : bytes_(bytes) {}
-  template <typename T>
-  bool Get(T* value) {
-    if (bytes_.size() - at_ < sizeof(T)) return ok_ = false;
-    std::memcpy(value, bytes_.data() + at_, sizeof(T));
-    at_ += sizeof(T);
-    return ok_;
-  }
-  // A pointer to n elements in place (unaligned reads are memcpy'd by callers).
-  const std::byte* Take(uint64_t n_bytes) {
-    if (bytes_.size() - at_ < n_bytes) {
-      ok_ = false;
-      return nullptr;
-    }
-    const std::byte* p = bytes_.data() + at_;
-    at_ += n_bytes;
-    return p;
-  }
-  bool ok() const { return ok_; }
-  size_t remaining() const { return bytes_.size() - at_; }
-
- private:
-  std::span<const std::byte> bytes_;
-  size_t at_ = 0;
-  bool ok_ = true;
-};
+using kv::CallKind;
+using Writer = kv::WireWriter;
+using Reader = kv::WireReader;
+using kv::Call;
 
 std::vector<std::byte> KindOnly(CallKind kind) {
   Writer w;
@@ -81,16 +38,6 @@ absl::Status Malformed(const std::string& what) {
 using Clock = std::chrono::steady_clock;
 double Since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-// Issues `request` to `rank` and waits for the reply.
-absl::StatusOr<std::vector<std::byte>> Call(comm::KvTransport& transport, int rank,
-                                            std::vector<std::byte> request) {
-  std::vector<std::byte> reply;
-  absl::StatusOr<comm::RmaTicket> ticket = transport.PostCall(rank, std::move(request), &reply);
-  if (!ticket.ok()) return ticket.status();
-  if (absl::Status s = transport.Wait(*ticket); !s.ok()) return s;
-  return reply;
 }
 
 }  // namespace
@@ -113,6 +60,7 @@ std::vector<std::byte> EncodeDelegate(const DelegateRequest& r) {
       w.Put(b.offset);
       w.Put(b.n_tokens);
       w.Put(b.pos0);
+      w.Put(b.on_disk);
     }
   }
   w.PutArray(r.q.data(), r.q.size());
@@ -145,19 +93,57 @@ absl::StatusOr<comm::CallReply> MemoryRank::Handle(std::span<const std::byte> re
       return Delegate(request.subspan(sizeof(uint32_t)));
     case CallKind::kPing:
       return comm::CallReply{};
-    case CallKind::kProbe:
+    case CallKind::kProbe: {
       out.Put(MeasureAttentionGbps());
+      const kv::DiskTierOptions& disk = storage_.options();
+      if (disk_read_gbps_ < 0) {
+        disk_read_gbps_ = 0;
+        if (disk.bytes > 0) {
+          absl::StatusOr<double> gbps = kv::MeasureSequentialReadGbps(
+              disk.dir, std::min<int64_t>(disk.bytes, int64_t{64} << 20));
+          if (!gbps.ok()) return gbps.status();
+          disk_read_gbps_ = *gbps;
+        }
+      }
+      out.Put(disk.bytes);
+      out.Put(disk_read_gbps_);
       return comm::CallReply{out.Take(), false};
-    case CallKind::kStats:
-      out.Put(stats_.delegate_calls);
-      out.Put(stats_.kv_bytes_attended);
-      out.Put(stats_.attention_seconds);
-      out.Put(transport_.peers()[transport_.rank()].pool_bytes);
+    }
+    case CallKind::kStats: {
+      const MemoryRankStats s = stats();
+      out.Put(s.delegate_calls);
+      out.Put(s.kv_bytes_attended);
+      out.Put(s.attention_seconds);
+      out.Put(s.pool_bytes);
+      out.Put(s.disk_bytes);
+      out.Put(s.disk_bytes_written);
+      out.Put(s.disk_bytes_read);
+      out.Put(s.disk_read_seconds);
       return comm::CallReply{out.Take(), false};
+    }
     case CallKind::kStop:
       return comm::CallReply{{}, true};
+    case CallKind::kDemote:
+    case CallKind::kDiskWrite:
+    case CallKind::kFetch:
+    case CallKind::kSnapshotSave:
+    case CallKind::kSnapshotLoad:
+      return storage_.Handle(static_cast<CallKind>(kind), request.subspan(sizeof(uint32_t)));
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown call kind ", kind));
+}
+
+MemoryRankStats MemoryRank::stats() const {
+  MemoryRankStats s = stats_;
+  s.pool_bytes = transport_.peers()[transport_.rank()].pool_bytes;
+  s.disk_bytes = storage_.options().bytes;
+  if (const kv::DiskPool* disk = storage_.disk(); disk != nullptr) {
+    const kv::DiskStats d = disk->stats();
+    s.disk_bytes_written = d.bytes_written;
+    s.disk_bytes_read = d.bytes_read;
+    s.disk_read_seconds = d.read_seconds;
+  }
+  return s;
 }
 
 absl::Status MemoryRank::Serve() {
@@ -196,27 +182,38 @@ absl::StatusOr<comm::CallReply> MemoryRank::Delegate(std::span<const std::byte> 
   std::memcpy(q_pos.data(), pos_bytes, q_pos.size() * sizeof(int32_t));
 
   std::vector<int32_t> counts(static_cast<size_t>(n_heads));
+  std::vector<DiskHead> disk;  // by entry, for entries with disk blocks
   views_.clear();
   int64_t kv_bytes = 0;
   for (int32_t j = 0; j < n_heads; ++j) {
     int32_t head = 0, n_blocks = 0;
     in.Get(&head), in.Get(&n_blocks);
-    if (!in.ok() || n_blocks < 0 || uint64_t(n_blocks) * 16 > in.remaining()) {
+    if (!in.ok() || n_blocks < 0 || uint64_t(n_blocks) * 20 > in.remaining()) {
       return Malformed(absl::StrCat("block list of entry ", j));
     }
-    counts[j] = n_blocks;
+    counts[j] = 0;
     for (int32_t b = 0; b < n_blocks; ++b) {
       RemoteBlock block;
-      in.Get(&block.offset), in.Get(&block.n_tokens), in.Get(&block.pos0);
-      if (!in.ok() || block.offset > pool_bytes || 2 * half > pool_bytes - block.offset ||
-          block.n_tokens < 1 || block.n_tokens > block_tokens || block.pos0 < 0) {
+      in.Get(&block.offset), in.Get(&block.n_tokens), in.Get(&block.pos0), in.Get(&block.on_disk);
+      if (!in.ok() || block.n_tokens < 1 || block.n_tokens > block_tokens || block.pos0 < 0 ||
+          (block.on_disk != 0 && block.on_disk != 1) ||
+          (!block.on_disk && (block.offset > pool_bytes || 2 * half > pool_bytes - block.offset))) {
         return Malformed(absl::StrCat("block ", b, " of kv head ", head, ": ", block.n_tokens,
-                                      " tokens at offset ", block.offset, ", pool of ", pool_bytes,
-                                      " bytes"));
+                                      " tokens at ", block.on_disk ? "disk slot " : "offset ",
+                                      block.offset, ", pool of ", pool_bytes, " bytes"));
+      }
+      kv_bytes += 2 * int64_t(block.n_tokens) * head_dim * int64_t(kernels::KvDtypeSize(kv_dtype));
+      if (block.on_disk) {
+        if (disk.size() <= size_t(j)) disk.resize(size_t(j) + 1);
+        DiskHead& d = disk[j];
+        d.slots.push_back(static_cast<int64_t>(block.offset));
+        d.n_tokens.push_back(block.n_tokens);
+        d.pos0.push_back(block.pos0);
+        continue;
       }
       const uint8_t* k = pool + block.offset;
       views_.push_back({k, k + half, block.n_tokens, block.pos0});
-      kv_bytes += 2 * int64_t(block.n_tokens) * head_dim * int64_t(kernels::KvDtypeSize(kv_dtype));
+      ++counts[j];
     }
   }
   const size_t per_row = size_t(n_heads) * group * head_dim;
@@ -251,6 +248,14 @@ absl::StatusOr<comm::CallReply> MemoryRank::Delegate(std::span<const std::byte> 
     p.lse_row_stride = int64_t(n_heads) * group;
     if (absl::Status s = device_.PartialAttention(p); !s.ok()) return s;
     first_view += counts[j];
+    if (size_t(j) < disk.size() && !disk[j].slots.empty()) disk[j].args = p;
+  }
+  if (!disk.empty()) {
+    // Disk blocks join their heads' partials as they stream off the disk.
+    std::erase_if(disk, [](const DiskHead& d) { return d.slots.empty(); });
+    absl::StatusOr<kv::DiskPool*> pool_disk = storage_.Disk(int64_t(2 * half));
+    if (!pool_disk.ok()) return pool_disk.status();
+    if (absl::Status s = AttendFromDisk(**pool_disk, disk, kDiskWindowBytes); !s.ok()) return s;
   }
   ++stats_.delegate_calls;
   stats_.kv_bytes_attended += kv_bytes;
@@ -307,8 +312,11 @@ absl::StatusOr<cluster::CostModel> ProbeCluster(comm::KvTransport& transport) {
     }
     absl::StatusOr<std::vector<std::byte>> gbps = Call(transport, r, KindOnly(CallKind::kProbe));
     if (!gbps.ok()) return gbps.status();
-    if (gbps->size() != sizeof(double)) return absl::InternalError("bad probe reply");
-    std::memcpy(&probe.attention_gbps, gbps->data(), sizeof(double));
+    Reader probed(*gbps);
+    if (!probed.Get(&probe.attention_gbps) || !probed.Get(&probe.disk_bytes) ||
+        !probed.Get(&probe.disk_read_gbps)) {
+      return absl::InternalError(absl::StrCat("bad probe reply from rank ", r));
+    }
     // Link: one-sided reads of up to 4 MiB of the rank's pool, best of two.
     const int64_t bytes = std::min<int64_t>(int64_t{4} << 20, transport.peers()[r].pool_bytes);
     if (bytes > 0) {
@@ -337,6 +345,8 @@ absl::StatusOr<std::vector<MemoryRankStats>> CollectMemoryRankStats(comm::KvTran
     MemoryRankStats& s = all[r];
     in.Get(&s.delegate_calls), in.Get(&s.kv_bytes_attended), in.Get(&s.attention_seconds);
     in.Get(&s.pool_bytes);
+    in.Get(&s.disk_bytes), in.Get(&s.disk_bytes_written), in.Get(&s.disk_bytes_read);
+    in.Get(&s.disk_read_seconds);
     if (!in.ok()) return absl::InternalError(absl::StrCat("bad stats reply from rank ", r));
   }
   return all;

@@ -16,14 +16,17 @@
 #include "comm/kv_transport.h"
 #include "kernels/ops.h"
 #include "runtime/device/device.h"
+#include "runtime/kv/storage_rank.h"
 
 namespace headwise::attention {
 
-// One block of a delegate request, in the memory rank's pool.
+// One block of a delegate request: in the memory rank's host pool (at
+// `offset`) or on its disk tier (`on_disk`, in slot `offset`).
 struct RemoteBlock {
   uint64_t offset = 0;
   int32_t n_tokens = 0;
   int32_t pos0 = 0;  // position of its first token
+  int32_t on_disk = 0;
 };
 
 // A delegate request: the partials of `heads` (kv head indices, in reply
@@ -53,27 +56,36 @@ struct MemoryRankStats {
   int64_t kv_bytes_attended = 0;
   double attention_seconds = 0;
   int64_t pool_bytes = 0;
+  // Its disk tier: budget, and what was written and read (attended as it
+  // streamed, fetched, saved) with the time the reads took.
+  int64_t disk_bytes = 0;
+  int64_t disk_bytes_written = 0;
+  int64_t disk_bytes_read = 0;
+  double disk_read_seconds = 0;
 };
 
-// Serves one memory rank: answers delegate, probe, stats and stop calls,
-// computing partials on `device` (which must read host memory directly:
-// the pool is host memory). Not thread-safe: calls come one at a time.
+// Serves one memory rank: answers delegate, probe, stats, stop and the
+// storage calls (kv::StorageRank), computing partials on `device` (which
+// must read host memory directly: the pool is host memory) and on its CPU
+// for disk blocks. Not thread-safe: calls come one at a time.
 class MemoryRank {
  public:
-  MemoryRank(comm::KvTransport& transport, device::Device& device)
-      : transport_(transport), device_(device) {}
+  MemoryRank(comm::KvTransport& transport, device::Device& device, kv::DiskTierOptions disk = {})
+      : transport_(transport), device_(device), storage_(transport, std::move(disk)) {}
 
   absl::StatusOr<comm::CallReply> Handle(std::span<const std::byte> request);
   // transport.Serve(Handle) until the coordinator stops it.
   absl::Status Serve();
-  const MemoryRankStats& stats() const { return stats_; }
+  MemoryRankStats stats() const;
 
  private:
   absl::StatusOr<comm::CallReply> Delegate(std::span<const std::byte> body);
 
   comm::KvTransport& transport_;
   device::Device& device_;
+  kv::StorageRank storage_;
   MemoryRankStats stats_;
+  double disk_read_gbps_ = -1;  // measured on the first probe
   std::vector<kernels::KvBlockView> views_;
   std::vector<float> o_, lse_;
 };

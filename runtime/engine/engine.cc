@@ -39,10 +39,14 @@ constexpr char kMark[] = "\x1e\x1e";  // splits a rendered chat turn around the 
 // Every session's store places blocks in the same pools: one slot ledger.
 EngineOptions WithPools(const model::LlamaModel& llm, EngineOptions options) {
   GenerateOptions& base = options.base;
-  if (base.transport != nullptr && base.transport->size() > 1 && base.pools == nullptr) {
-    absl::StatusOr<std::shared_ptr<cluster::PoolLedger>> pools = kv::MakePoolLedger(
-        *base.transport, llm.KvGeometryFor(base.kv_block, base.kv_dtype).BlockBytes(),
-        base.host_budget_bytes);
+  kv::KvStoreOptions store = StoreOptions(llm, base, 0);
+  if (base.disk.bytes > 0 && base.disk_pool == nullptr) {
+    absl::StatusOr<std::shared_ptr<kv::DiskPool>> disk = kv::MakeDiskPool(store);
+    if (disk.ok()) base.disk_pool = store.disk_pool = std::move(*disk);
+  }
+  const bool distributed = base.transport != nullptr && base.transport->size() > 1;
+  if ((distributed || base.disk_pool != nullptr) && base.pools == nullptr) {
+    absl::StatusOr<std::shared_ptr<cluster::PoolLedger>> pools = kv::MakePoolLedger(store);
     if (pools.ok()) base.pools = std::move(*pools);  // else each store reports the error
   }
   return options;
@@ -100,8 +104,14 @@ int64_t Engine::MaxContextTokens() const {
       llm_.KvGeometryFor(options_.base.kv_block, options_.base.kv_dtype).TokenBytes();
   int64_t pools = options_.base.host_budget_bytes;
   if (pools == 0) return model_context;
+  pools += options_.base.disk.bytes;
   if (const comm::KvTransport* t = options_.base.transport; t != nullptr) {
-    for (int r = 1; r < t->size(); ++r) pools += t->peers()[r].pool_bytes;
+    for (int r = 1; r < t->size(); ++r) {
+      pools += t->peers()[r].pool_bytes;
+      if (r < static_cast<int>(options_.base.costs.ranks.size())) {
+        pools += options_.base.costs.ranks[r].disk_bytes;
+      }
+    }
   }
   const int64_t fits = pools / token_bytes;
   return model_context > 0 ? std::min(model_context, fits) : fits;
@@ -323,9 +333,18 @@ absl::StatusOr<std::vector<RankSnapshot>> Engine::ClusterSnapshot(const RequestO
     // tails are in the sessions' host tiers above).
     ranks[0].host.peak_bytes = std::max(ranks[0].host.peak_bytes, pools->peak_bytes(0));
   }
+  if (const kv::DiskPool* disk = options_.base.disk_pool.get(); disk != nullptr) {
+    ranks[0].disk_bytes_read = disk->stats().bytes_read;
+    ranks[0].disk_read_seconds = disk->stats().read_seconds;
+  }
   for (int r = 0; r < world; ++r) {
     RankSnapshot& snap = ranks[r];
     snap.rank = r;
+    if (const cluster::PoolLedger* pools = options_.base.pools.get(); pools != nullptr) {
+      const cluster::PoolTier disk = cluster::PoolTier::kDisk;
+      snap.disk = {pools->used_bytes(r, disk), pools->peak_bytes(r, disk),
+                   pools->pool_bytes(r, disk)};
+    }
     if (r < static_cast<int>(options_.base.costs.ranks.size()))
       snap.probe = options_.base.costs.ranks[r];
     if (transport == nullptr) continue;
@@ -343,6 +362,8 @@ absl::StatusOr<std::vector<RankSnapshot>> Engine::ClusterSnapshot(const RequestO
     snap.delegate_calls = memory[r].delegate_calls;
     snap.attention_bytes = memory[r].kv_bytes_attended;
     snap.attention_seconds = memory[r].attention_seconds;
+    snap.disk_bytes_read = memory[r].disk_bytes_read;
+    snap.disk_read_seconds = memory[r].disk_read_seconds;
   }
   return ranks;
 }

@@ -65,8 +65,11 @@ struct RequestOptions {
 struct RankSnapshot {
   int32_t rank = 0;
   std::string hostname;
-  kv::TierStats device;                        // rank 0 only
-  kv::TierStats host;                          // this rank's share of the pools
+  kv::TierStats device;  // rank 0 only
+  kv::TierStats host;    // this rank's share of the pools
+  kv::TierStats disk;    // its disk tier (budget 0: none)
+  int64_t disk_bytes_read = 0;
+  double disk_read_seconds = 0;
   int64_t bytes_sent = 0, bytes_received = 0;  // as the coordinator counted them
   int64_t delegate_calls = 0, attention_bytes = 0;
   double attention_seconds = 0;

@@ -82,10 +82,8 @@ absl::StatusOr<GenerateResult> Generate(model::LlamaModel& llm, const model::Tok
   return GenerateOn(llm, tokenizer, **store, prompt, options, on_text);
 }
 
-absl::StatusOr<std::unique_ptr<kv::KvStore>> CreateStore(const model::LlamaModel& llm,
-                                                         const GenerateOptions& options,
-                                                         int64_t capacity_tokens) {
-  if (options.device == nullptr) return absl::InvalidArgumentError("no device to generate on");
+kv::KvStoreOptions StoreOptions(const model::LlamaModel& llm, const GenerateOptions& options,
+                                int64_t capacity_tokens) {
   kv::KvStoreOptions store_options;
   store_options.geometry = llm.KvGeometryFor(options.kv_block, options.kv_dtype);
   store_options.device = options.device;
@@ -98,7 +96,16 @@ absl::StatusOr<std::unique_ptr<kv::KvStore>> CreateStore(const model::LlamaModel
   store_options.mode = options.mode;
   store_options.costs = options.costs;
   store_options.pools = options.pools;
-  return kv::KvStore::Create(store_options);
+  store_options.disk = options.disk;
+  store_options.disk_pool = options.disk_pool;
+  return store_options;
+}
+
+absl::StatusOr<std::unique_ptr<kv::KvStore>> CreateStore(const model::LlamaModel& llm,
+                                                         const GenerateOptions& options,
+                                                         int64_t capacity_tokens) {
+  if (options.device == nullptr) return absl::InvalidArgumentError("no device to generate on");
+  return kv::KvStore::Create(StoreOptions(llm, options, capacity_tokens));
 }
 
 absl::Status Prefill(model::LlamaModel& llm, kv::KvStore& store, std::span<const int32_t> tokens,
@@ -202,6 +209,9 @@ absl::StatusOr<GenerateResult> GenerateOn(model::LlamaModel& llm, const model::T
     for (int32_t r = 0; r < plan->world_size(); ++r) {
       result.rank_pools.push_back({plan->used_bytes(r), plan->peak_bytes(r),
                                    r == 0 ? options.host_budget_bytes : plan->pool_bytes(r)});
+      const cluster::PoolTier disk = cluster::PoolTier::kDisk;
+      result.rank_disks.push_back(
+          {plan->used_bytes(r, disk), plan->peak_bytes(r, disk), plan->pool_bytes(r, disk)});
     }
   }
   const device::CopyStats copies_after = options.device->copy_stats();

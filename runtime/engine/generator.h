@@ -45,6 +45,10 @@ struct GenerateOptions {
   cluster::ExecMode mode = cluster::ExecMode::kAuto;
   cluster::CostModel costs;
   std::shared_ptr<cluster::PoolLedger> pools;  // shared by stores on one transport
+  // This rank's disk tier (--disk-dir, --disk-mem) and, when sessions share
+  // it, the pool itself; see KvStoreOptions.
+  kv::DiskTierOptions disk;
+  std::shared_ptr<kv::DiskPool> disk_pool;
 };
 
 enum class FinishReason { kStop, kLength };
@@ -61,8 +65,9 @@ struct GenerateResult {
   kv::TierStats device_tier;
   kv::TierStats host_tier;
   // Distributed runs: every rank's share of the sealed blocks (rank 0's is
-  // part of host_tier/device_tier too), by rank.
+  // part of host_tier/device_tier too), by rank; and of the disk tiers.
   std::vector<kv::TierStats> rank_pools;
+  std::vector<kv::TierStats> rank_disks;
   attention::StreamStats stream;
   device::CopyStats copies;
   double prefill_tokens_per_s() const;
@@ -81,6 +86,10 @@ absl::StatusOr<GenerateResult> Generate(model::LlamaModel& llm, const model::Tok
 
 // The pieces Generate is made of, for callers that keep a store across
 // requests (sessions).
+// The store options `options` stand for (device, budgets, KV dtype and
+// block, distribution, disk tier).
+kv::KvStoreOptions StoreOptions(const model::LlamaModel& llm, const GenerateOptions& options,
+                                int64_t capacity_tokens);
 // A KV store for `llm` configured by `options` (device, budgets, KV dtype and
 // block, distribution) for sequences of up to `capacity_tokens`.
 absl::StatusOr<std::unique_ptr<kv::KvStore>> CreateStore(const model::LlamaModel& llm,

@@ -32,9 +32,11 @@ struct KvStore::Block {
   device::DeviceBuffer device_buffer;  // while on the device
   uint8_t* host = nullptr;             // once it has a host block (owned by the pool)
   device::CopyTicket copy_home = 0;    // ToHost copy in flight
-  // Remote homes (tier kRemote): the rank, the slot in its pool, and the put
-  // in flight (from `host`, which is released once it landed).
+  // Placed blocks: the rank, its pool there (host or disk) and the slot in
+  // it. Remote host homes have a put in flight (from `host`, which is
+  // released once it landed). Blocks on this rank's disk have tier kDisk.
   int32_t rank = 0;
+  cluster::PoolTier pool = cluster::PoolTier::kHost;
   int64_t slot = -1;
   comm::RmaTicket put = 0;
 };
@@ -55,6 +57,8 @@ const char* TierName(Tier tier) {
       return "host";
     case Tier::kRemote:
       return "remote";
+    case Tier::kDisk:
+      return "disk";
   }
   return "?";
 }
@@ -77,6 +81,13 @@ KvStore::~KvStore() {
   for (Block* block : in_flight_) {
     if (block->copy_home != 0) (void)device_->Wait(block->copy_home);
     if (block->put != 0) (void)options_.transport->Wait(block->put);
+  }
+  for (const auto& layer : blocks_) {
+    for (const auto& head : layer) {
+      for (const auto& block : head) {
+        if (block->tier == Tier::kDisk) disk_->Forget(block->slot);
+      }
+    }
   }
   for (void* chunk : host_chunks_) device_->FreeHost(chunk);
   for (void* landing : landing_) {
@@ -116,15 +127,55 @@ void KvStore::ReleaseHostBlock(uint8_t* data) {
   TrackHost(-geometry_.BlockBytes());
 }
 
-absl::StatusOr<std::shared_ptr<cluster::PoolLedger>> MakePoolLedger(
-    const comm::KvTransport& transport, int64_t block_bytes, int64_t host_budget_bytes) {
-  std::vector<int64_t> pools;
+namespace {
+
+// Host bytes a zero-copy store's open blocks take beside its sealed ones:
+// one tail per (layer, kv head) and one chunk's open blocks for two layers.
+int64_t OpenBlockBytes(const KvStoreOptions& options) {
+  const KvGeometry& g = options.geometry;
+  const int64_t append_blocks = (options.max_append_tokens + g.block_tokens - 1) / g.block_tokens;
+  return (int64_t(g.n_layers) * g.n_kv_heads + 2 * int64_t(g.n_kv_heads) * append_blocks) *
+         g.BlockBytes();
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<cluster::PoolLedger>> MakePoolLedger(const KvStoreOptions& options) {
+  const int64_t block = options.geometry.BlockBytes();
+  const comm::KvTransport* transport = options.transport;
+  const int world = transport != nullptr ? transport->size() : 1;
+  std::vector<int64_t> host, disk;
   // This rank's share is its host budget (unlimited: as large as a ledger
-  // can count); the others' are their registered pools.
-  pools.push_back(host_budget_bytes > 0 ? host_budget_bytes
-                                        : std::numeric_limits<int64_t>::max() / 4);
-  for (int r = 1; r < transport.size(); ++r) pools.push_back(transport.peers()[r].pool_bytes);
-  return cluster::PoolLedger::Create(block_bytes, std::move(pools));
+  // can count) less the open blocks of a zero-copy device.
+  int64_t share = std::numeric_limits<int64_t>::max() / 4;
+  if (options.host_budget_bytes > 0) {
+    share = options.host_budget_bytes;
+    if (options.device != nullptr && options.device->capabilities().zero_copy_host) {
+      share = std::max<int64_t>(0, share - OpenBlockBytes(options));
+    }
+  }
+  host.push_back(share);
+  disk.push_back(options.disk_pool != nullptr
+                     ? options.disk_pool->slots() * options.disk_pool->block_bytes()
+                     : options.disk.bytes);
+  for (int r = 1; r < world; ++r) {
+    host.push_back(transport->peers()[r].pool_bytes);
+    disk.push_back(
+        r < static_cast<int>(options.costs.ranks.size()) ? options.costs.ranks[r].disk_bytes : 0);
+  }
+  return cluster::PoolLedger::Create(block, std::move(host), std::move(disk));
+}
+
+absl::StatusOr<std::shared_ptr<DiskPool>> MakeDiskPool(const KvStoreOptions& options) {
+  if (options.disk.bytes <= 0) return std::shared_ptr<DiskPool>();
+  DiskPoolOptions disk;
+  disk.dir = options.disk.dir;
+  disk.capacity_bytes = options.disk.bytes;
+  disk.block_bytes = options.geometry.BlockBytes();
+  disk.rank = options.transport != nullptr ? options.transport->rank() : 0;
+  absl::StatusOr<std::unique_ptr<DiskPool>> made = DiskPool::Create(disk);
+  if (!made.ok()) return made.status();
+  return std::shared_ptr<DiskPool>(std::move(*made));
 }
 
 absl::StatusOr<std::unique_ptr<KvStore>> KvStore::Create(const KvStoreOptions& options) {
@@ -149,19 +200,31 @@ absl::Status KvStore::Init() {
   const int64_t budget = options_.device_budget_bytes;
   const int64_t capacity_blocks =
       (std::max<int64_t>(options_.capacity_tokens, 1) + g.block_tokens - 1) / g.block_tokens;
-  if (options_.transport != nullptr && options_.transport->size() > 1) {
+  disk_ = options_.disk_pool;
+  if (disk_ == nullptr) {
+    absl::StatusOr<std::shared_ptr<DiskPool>> made = MakeDiskPool(options_);
+    if (!made.ok()) return made.status();
+    disk_ = std::move(*made);
+    options_.disk_pool = disk_;
+  }
+  if (disk_ != nullptr && disk_->block_bytes() != block) {
+    return absl::InvalidArgumentError(absl::StrCat("the disk tier holds ", disk_->block_bytes(),
+                                                   "-byte blocks; this store needs ", block));
+  }
+  // Blocks get homes (a rank, a pool, a slot) when there is more than one
+  // place to put them: other ranks or a disk tier.
+  if (distributed() || disk_ != nullptr || options_.pools != nullptr) {
     std::shared_ptr<cluster::PoolLedger> pools = options_.pools;
     if (pools == nullptr) {
-      absl::StatusOr<std::shared_ptr<cluster::PoolLedger>> made =
-          MakePoolLedger(*options_.transport, block, options_.host_budget_bytes);
+      absl::StatusOr<std::shared_ptr<cluster::PoolLedger>> made = MakePoolLedger(options_);
       if (!made.ok()) return made.status();
       pools = std::move(*made);
     }
-    if (pools->block_bytes() != block || pools->world_size() != options_.transport->size()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("the shared pool ledger has ", pools->block_bytes(), "-byte slots on ",
-                       pools->world_size(), " ranks; this store needs ", block, "-byte blocks on ",
-                       options_.transport->size()));
+    const int world = distributed() ? options_.transport->size() : 1;
+    if (pools->block_bytes() != block || pools->world_size() != world) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the shared pool ledger has ", pools->block_bytes(), "-byte slots on ",
+          pools->world_size(), " ranks; this store needs ", block, "-byte blocks on ", world));
     }
     absl::StatusOr<cluster::PlacementPlan> plan =
         cluster::PlacementPlan::Create(options_.placement, g.n_layers, g.n_kv_heads, pools);
@@ -218,6 +281,12 @@ void KvStore::TrackHost(int64_t delta) {
 }
 
 TierStats KvStore::tier_stats(Tier tier) const {
+  if (tier == Tier::kDisk) {
+    if (!placement_) return {};
+    return {placement_->used_bytes(0, cluster::PoolTier::kDisk),
+            placement_->peak_bytes(0, cluster::PoolTier::kDisk),
+            placement_->pool_bytes(0, cluster::PoolTier::kDisk)};
+  }
   return tier == Tier::kDevice ? device_stats_ : host_stats_;
 }
 
@@ -316,7 +385,16 @@ int32_t KvStore::BlockRank(int32_t layer, int32_t head, int32_t block) const {
 
 int64_t KvStore::RemoteOffset(int32_t layer, int32_t head, int32_t block) const {
   const Block& b = *blocks_[layer][head][block];
-  return b.tier == Tier::kRemote ? b.slot * geometry_.BlockBytes() : -1;
+  return b.tier == Tier::kRemote && b.pool == cluster::PoolTier::kHost
+             ? b.slot * geometry_.BlockBytes()
+             : -1;
+}
+
+cluster::BlockHome KvStore::Home(int32_t layer, int32_t head, int32_t block) const {
+  const Block& b = *blocks_[layer][head][block];
+  const bool on_disk =
+      b.tier == Tier::kDisk || (b.tier == Tier::kRemote && b.pool == cluster::PoolTier::kDisk);
+  return {b.rank, on_disk ? cluster::PoolTier::kDisk : cluster::PoolTier::kHost, b.slot};
 }
 
 kernels::KvBlockView KvStore::View(int32_t layer, int32_t head, int32_t block) const {
@@ -445,26 +523,119 @@ absl::Status KvStore::SendHome(Block& block) {
 
 absl::Status KvStore::Seal(int32_t layer) {
   const int32_t full = static_cast<int32_t>(n_tokens_[layer] / geometry_.block_tokens);
+  if (!placement_) {
+    for (int32_t b = n_sealed_[layer]; b < full; ++b) {
+      for (int32_t h = 0; h < geometry_.n_kv_heads; ++h) {
+        if (mode_ != KvMode::kStreaming) continue;
+        if (absl::Status s = SendHome(*blocks_[layer][h][b]); !s.ok()) return s;
+      }
+    }
+    n_sealed_[layer] = std::max(n_sealed_[layer], full);
+    return absl::OkStatus();
+  }
+  // Place every new block first: placing may move older blocks (or one of
+  // these) to a disk, which must happen before their host slots are reused.
+  for (int32_t b = n_sealed_[layer]; b < full; ++b) {
+    for (int32_t h = 0; h < geometry_.n_kv_heads; ++h) {
+      if (absl::StatusOr<cluster::BlockHome> home = placement_->Place(layer, h, b); !home.ok()) {
+        return home.status();
+      }
+    }
+  }
+  std::vector<cluster::Demotion> demotions = placement_->TakeDemotions();
+  std::erase_if(demotions, [&](const cluster::Demotion& d) {
+    return d.layer == layer && d.block >= n_sealed_[layer];  // not sent yet: goes straight to disk
+  });
+  if (absl::Status s = Demote(demotions); !s.ok()) return s;
   for (int32_t b = n_sealed_[layer]; b < full; ++b) {
     for (int32_t h = 0; h < geometry_.n_kv_heads; ++h) {
       Block& block = *blocks_[layer][h][b];
-      if (placement_) {
-        absl::StatusOr<int32_t> rank = placement_->Place(layer, h, b);
-        if (!rank.ok()) return rank.status();
-        if (*rank != 0) {
-          if (absl::Status s = SendRemote(block, *rank, placement_->SlotOf(layer, h, b)); !s.ok())
-            return s;
-          continue;
-        }
+      const cluster::BlockHome home = *placement_->HomeOf(layer, h, b);
+      absl::Status s;
+      if (home.tier == cluster::PoolTier::kDisk) {
+        s = SendToDisk(block, home.rank, home.slot, {layer, h, b});
+      } else if (home.rank != 0) {
+        s = SendRemote(block, home.rank, home.slot);
+      } else if (mode_ == KvMode::kStreaming) {
+        s = SendHome(block);
       }
-      if (mode_ == KvMode::kStreaming) {
-        if (absl::Status s = SendHome(block); !s.ok()) return s;
-      }
+      if (!s.ok()) return s;
     }
   }
   n_sealed_[layer] = std::max(n_sealed_[layer], full);
   // Zero-copy blocks can start their puts at once.
-  return placement_ ? ReclaimFinishedCopies() : absl::OkStatus();
+  return ReclaimFinishedCopies();
+}
+
+absl::StatusOr<const uint8_t*> KvStore::HostBytes(Block& block, std::vector<uint8_t>& bounce) {
+  if (block.tier != Tier::kDevice || zero_copy_) return HostData(block);
+  bounce.resize(static_cast<size_t>(geometry_.BlockBytes()));
+  absl::StatusOr<device::CopyTicket> ticket = device_->PostCopy(
+      device::CopyDirection::kToHost, {{bounce.data(), block.data, bounce.size()}});
+  if (!ticket.ok()) return ticket.status();
+  if (absl::Status s = device_->Wait(*ticket); !s.ok()) return s;
+  return bounce.data();
+}
+
+absl::Status KvStore::SendToDisk(Block& block, int32_t rank, int64_t slot, BlockTag tag) {
+  std::vector<uint8_t> bounce;
+  absl::StatusOr<const uint8_t*> bytes = HostBytes(block, bounce);
+  if (!bytes.ok()) return bytes.status();
+  absl::Status written =
+      rank == 0
+          ? (disk_ == nullptr ? absl::InternalError("no disk tier on rank 0")
+                              : disk_->Write(slot, *bytes, tag))
+          : DiskWriteRemote(*options_.transport, rank, geometry_.BlockBytes(), slot, tag, *bytes);
+  if (!written.ok()) return written;
+  in_flight_.erase(std::remove(in_flight_.begin(), in_flight_.end(), &block), in_flight_.end());
+  if (block.device_buffer) {
+    TrackDevice(-static_cast<int64_t>(block.device_buffer.size()));
+    block.device_buffer = device::DeviceBuffer();
+  }
+  if (block.host != nullptr) ReleaseHostBlock(block.host);
+  block.host = block.data = nullptr;
+  block.tier = rank == 0 ? Tier::kDisk : Tier::kRemote;
+  block.rank = rank;
+  block.pool = cluster::PoolTier::kDisk;
+  block.slot = slot;
+  return absl::OkStatus();
+}
+
+absl::Status KvStore::Demote(const std::vector<cluster::Demotion>& demotions) {
+  if (demotions.empty()) return absl::OkStatus();
+  std::vector<std::vector<cluster::Demotion>> remote(distributed() ? options_.transport->size()
+                                                                   : 1);
+  for (const cluster::Demotion& d : demotions) {
+    Block& block = *blocks_[d.layer][d.kv_head][d.block];
+    if (d.rank == 0) {
+      if (absl::Status s = SendToDisk(block, 0, d.disk_slot, {d.layer, d.kv_head, d.block});
+          !s.ok()) {
+        return s;
+      }
+    } else {
+      remote[d.rank].push_back(d);
+    }
+  }
+  bool waited = false;
+  for (size_t r = 1; r < remote.size(); ++r) {
+    if (remote[r].empty()) continue;
+    // The demoted blocks' puts must have landed before their rank reads them.
+    if (!waited) {
+      if (absl::Status s = AwaitRemoteHomes(); !s.ok()) return s;
+      waited = true;
+    }
+    if (absl::Status s = DemoteRemote(*options_.transport, static_cast<int32_t>(r),
+                                      geometry_.BlockBytes(), remote[r]);
+        !s.ok()) {
+      return s;
+    }
+    for (const cluster::Demotion& d : remote[r]) {
+      Block& block = *blocks_[d.layer][d.kv_head][d.block];
+      block.pool = cluster::PoolTier::kDisk;
+      block.slot = d.disk_slot;
+    }
+  }
+  return absl::OkStatus();
 }
 
 void KvStore::Views(int32_t layer, int32_t begin, int32_t end,
@@ -485,10 +656,15 @@ void KvStore::Views(int32_t layer, int32_t begin, int32_t end,
 absl::StatusOr<const uint8_t*> KvStore::SealedBlockData(int32_t layer, int32_t head,
                                                         int32_t block) {
   Block& b = *blocks_[layer][head][block];
-  if (b.tier == Tier::kRemote) {
+  if (b.tier == Tier::kRemote || b.tier == Tier::kDisk) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "block (layer ", layer, ", kv head ", head, ", block ", block, ") lives on rank ", b.rank));
+        "block (layer ", layer, ", kv head ", head, ", block ", block, ") lives on ",
+        b.tier == Tier::kDisk ? "this rank's disk" : "rank " + std::to_string(b.rank)));
   }
+  return HostData(b);
+}
+
+absl::StatusOr<const uint8_t*> KvStore::HostData(Block& b) {
   if (b.copy_home != 0) {
     if (absl::Status s = device_->Wait(b.copy_home); !s.ok()) return s;
     if (absl::Status s = ReclaimFinishedCopies(); !s.ok()) return s;
@@ -519,6 +695,7 @@ absl::Status KvStore::Truncate(int64_t n_tokens) {
                          in_flight_.end());
         if (block.device_buffer) TrackDevice(-static_cast<int64_t>(block.device_buffer.size()));
         if (block.host != nullptr) ReleaseHostBlock(block.host);
+        if (block.tier == Tier::kDisk) disk_->Forget(block.slot);
         if (placement_)
           placement_->Release(layer, static_cast<int32_t>(&head - &blocks_[layer][0]),
                               static_cast<int32_t>(b));
@@ -542,17 +719,29 @@ absl::Status KvStore::Truncate(int64_t n_tokens) {
 }
 
 absl::Status KvStore::ReopenTail(Block& block) {
-  if (block.tier == Tier::kRemote) {
-    // Fetch it back from its home rank into a host block first.
+  if (block.tier == Tier::kRemote || block.tier == Tier::kDisk) {
+    // Fetch it back from its home (a rank's pool or a disk) into a host block first.
     absl::StatusOr<uint8_t*> host = AcquireHostBlock();
     if (!host.ok()) return host.status();
     const int64_t bytes = geometry_.BlockBytes();
-    absl::StatusOr<comm::RmaTicket> get = options_.transport->PostGets(
-        block.rank,
-        {{*host, static_cast<uint64_t>(block.slot * bytes), static_cast<size_t>(bytes)}});
-    if (!get.ok()) return get.status();
-    if (absl::Status s = options_.transport->Wait(*get); !s.ok()) return s;
+    if (block.tier == Tier::kDisk) {
+      if (absl::Status s = disk_->Read(block.slot, *host); !s.ok()) return s;
+      disk_->Forget(block.slot);
+    } else if (block.pool == cluster::PoolTier::kDisk) {
+      const int64_t slot = block.slot;
+      if (absl::Status s = FetchRemote(*options_.transport, block.rank, bytes, {&slot, 1}, *host);
+          !s.ok()) {
+        return s;
+      }
+    } else {
+      absl::StatusOr<comm::RmaTicket> get = options_.transport->PostGets(
+          block.rank,
+          {{*host, static_cast<uint64_t>(block.slot * bytes), static_cast<size_t>(bytes)}});
+      if (!get.ok()) return get.status();
+      if (absl::Status s = options_.transport->Wait(*get); !s.ok()) return s;
+    }
     block.tier = Tier::kHost;
+    block.pool = cluster::PoolTier::kHost;
     block.host = block.data = *host;
     block.rank = 0;
     block.slot = -1;

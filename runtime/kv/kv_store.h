@@ -1,7 +1,7 @@
 // The KV store of one sequence: blocks keyed by (layer, kv head, block), each
 // `block_tokens` tokens of K then V in the KV dtype, living in a tier of the
-// rank: `device` (the compute device's memory) or `host` (host RAM; the disk
-// tier of a later milestone slots in beside it). New tokens are appended to
+// rank: `device` (the compute device's memory), `host` (host RAM) or `disk`
+// (this rank's disk tier), or in another rank's pools. New tokens are appended to
 // the open blocks on the device; full blocks are sealed and sent to their home
 // tier asynchronously (HeadInfer). Per-tier budgets are enforced and current
 // and peak bytes tracked. One sequence, one thread: not thread-safe.
@@ -21,6 +21,8 @@
 #include "kernels/attention.h"
 #include "kernels/ops.h"
 #include "runtime/device/device.h"
+#include "runtime/kv/disk_pool.h"
+#include "runtime/kv/storage_rank.h"
 
 namespace headwise::kv {
 
@@ -37,8 +39,9 @@ struct KvGeometry {
   int64_t TokenBytes() const;
 };
 
-// kRemote: in another rank's pool (distributed stores only).
-enum class Tier : uint8_t { kDevice = 0, kHost = 1, kRemote = 2 };
+// kRemote: in another rank's pools (distributed stores only; its host pool
+// or its disk tier, see Home).
+enum class Tier : uint8_t { kDevice = 0, kHost = 1, kRemote = 2, kDisk = 3 };
 const char* TierName(Tier tier);
 
 struct TierStats {
@@ -75,6 +78,13 @@ struct KvStoreOptions {
   // Host landing buffers for pulled blocks on zero-copy devices (two of
   // them); streaming stores land pulls in their staging buffers' size.
   int64_t pull_buffer_bytes = int64_t{8} << 20;
+
+  // This rank's disk tier (--disk-dir, --disk-mem): sealed blocks past the
+  // host budget move there, coldest first. Other ranks' disk budgets come
+  // from costs.ranks[r].disk_bytes. `disk_pool` is shared by every store of
+  // this process (sessions); null with disk.bytes > 0: the store makes one.
+  DiskTierOptions disk;
+  std::shared_ptr<DiskPool> disk_pool;
 };
 
 // How a store keeps its blocks, decided once at creation.
@@ -83,11 +93,14 @@ enum class KvMode {
   kStreaming,  // sealed blocks live on the host and stream through staging buffers
 };
 
-// The slot ledger of a transport's pools for blocks of `block_bytes`: this
-// rank's share is `host_budget_bytes` (0: unlimited), every other rank's its
-// registered pool.
-absl::StatusOr<std::shared_ptr<cluster::PoolLedger>> MakePoolLedger(
-    const comm::KvTransport& transport, int64_t block_bytes, int64_t host_budget_bytes);
+// The slot ledger of the pools a store of `options` places blocks in (one
+// per process, shared by its stores): this rank's host share is its host
+// budget (0: unlimited) less, on zero-copy devices, what the open blocks
+// need; its disk share options.disk.bytes; every other rank's its registered
+// pool and probed disk budget.
+absl::StatusOr<std::shared_ptr<cluster::PoolLedger>> MakePoolLedger(const KvStoreOptions& options);
+// This rank's disk tier for blocks of `options` (null without one).
+absl::StatusOr<std::shared_ptr<DiskPool>> MakeDiskPool(const KvStoreOptions& options);
 
 class KvStore {
  public:
@@ -152,14 +165,22 @@ class KvStore {
   // Drops every token at position >= n_tokens in every layer.
   absl::Status Truncate(int64_t n_tokens);
 
-  // Distributed stores. A block's home rank (0: here) and its offset in that
-  // rank's pool (-1 for blocks here).
-  bool distributed() const { return placement_.has_value(); }
+  // Distributed stores (a transport of more than one rank). A block's home
+  // rank (0: here) and its offset in that rank's host pool (-1 for blocks
+  // here or on a disk).
+  bool distributed() const {
+    return options_.transport != nullptr && options_.transport->size() > 1;
+  }
   comm::KvTransport* transport() const { return options_.transport; }
   const KvStoreOptions& options() const { return options_; }
   const cluster::PlacementPlan* placement() const { return placement_ ? &*placement_ : nullptr; }
   int32_t BlockRank(int32_t layer, int32_t head, int32_t block) const;
   int64_t RemoteOffset(int32_t layer, int32_t head, int32_t block) const;
+  // Where a sealed block lives in the placed pools: rank, host or disk, slot
+  // (rank 0 host blocks: slot is the ledger's, the bytes are the store's).
+  cluster::BlockHome Home(int32_t layer, int32_t head, int32_t block) const;
+  // This rank's disk tier (null without one).
+  DiskPool* disk() const { return disk_.get(); }
   // Waits until every block sent to another rank is visible there (a
   // delegate or pull of those blocks must not overtake their put).
   absl::Status AwaitRemoteHomes();
@@ -182,6 +203,15 @@ class KvStore {
   void ReleaseHostBlock(uint8_t* data);
   absl::Status ReopenTail(Block& block);
   absl::Status SendRemote(Block& block, int32_t rank, int64_t slot);
+  // Carries out the plan's demotions (host slot -> disk slot) on every rank.
+  absl::Status Demote(const std::vector<cluster::Demotion>& demotions);
+  // Writes a sealed block of this rank to disk slot `slot` and frees its
+  // host or device memory.
+  absl::Status SendToDisk(Block& block, int32_t rank, int64_t slot, BlockTag tag);
+  // The bytes of a block here once its copy home is done.
+  absl::StatusOr<const uint8_t*> HostData(Block& block);
+  // Host bytes of a block that may still be on the device (a bounce copy).
+  absl::StatusOr<const uint8_t*> HostBytes(Block& block, std::vector<uint8_t>& bounce);
   // Retires finished copies home; for remote homes posts the put once the
   // block is on the host and frees it once the put landed. Errors of the
   // puts are returned (the block is lost to its home rank).
@@ -203,6 +233,7 @@ class KvStore {
   int64_t staging_bytes_ = 0;
   TierStats device_stats_;
   TierStats host_stats_;
+  std::shared_ptr<DiskPool> disk_;
   StagedCopy staged_;
   std::vector<uint8_t*> host_free_;  // free blocks of the host pool
   std::vector<void*> host_chunks_;   // what Device::AllocateHost returned

@@ -83,6 +83,13 @@ void FillTier(const kv::TierStats& tier, v1::TierUsage* out) {
   out->set_budget_bytes(static_cast<uint64_t>(tier.budget_bytes));
 }
 
+void FillDisk(const kv::TierStats& tier, int64_t bytes_read, double read_seconds,
+              v1::TierUsage* out) {
+  FillTier(tier, out);
+  out->set_bytes_read(static_cast<uint64_t>(bytes_read));
+  out->set_read_gbps(read_seconds > 0 ? bytes_read / read_seconds / 1e9 : 0.0);
+}
+
 v1::FinishReason Reason(engine::FinishReason reason) {
   return reason == engine::FinishReason::kStop ? v1::FINISH_REASON_STOP : v1::FINISH_REASON_LENGTH;
 }
@@ -266,6 +273,10 @@ class InferenceService final : public v1::Inference::Service {
       out->set_hostname(rank.hostname);
       if (rank.rank == 0) FillTier(rank.device, &(*out->mutable_tiers())["device"]);
       FillTier(rank.host, &(*out->mutable_tiers())["host"]);
+      if (rank.disk.budget_bytes > 0) {
+        FillDisk(rank.disk, rank.disk_bytes_read, rank.disk_read_seconds,
+                 &(*out->mutable_tiers())["disk"]);
+      }
       out->set_bytes_sent(static_cast<uint64_t>(rank.bytes_sent));
       out->set_bytes_received(static_cast<uint64_t>(rank.bytes_received));
       out->set_requests(
@@ -326,10 +337,17 @@ class InferenceService final : public v1::Inference::Service {
     rank0->set_rank(0);
     FillTier(result->device_tier, &(*rank0->mutable_tiers())["device"]);
     FillTier(result->host_tier, &(*rank0->mutable_tiers())["host"]);
+    if (!result->rank_disks.empty() && result->rank_disks[0].budget_bytes > 0) {
+      FillDisk(result->rank_disks[0], result->stream.disk_bytes_read,
+               result->stream.disk_read_seconds, &(*rank0->mutable_tiers())["disk"]);
+    }
     for (size_t r = 1; r < result->rank_pools.size(); ++r) {
       v1::RankStats* rank = stats->add_ranks();
       rank->set_rank(static_cast<int32_t>(r));
       FillTier(result->rank_pools[r], &(*rank->mutable_tiers())["host"]);
+      if (r < result->rank_disks.size() && result->rank_disks[r].budget_bytes > 0) {
+        FillTier(result->rank_disks[r], &(*rank->mutable_tiers())["disk"]);
+      }
     }
     writer->Write(response);
     return grpc::Status::OK;
