@@ -14,6 +14,13 @@
 // The KV is filled with random K/V through KvStore::Append + Seal in 4096-token
 // chunks, as bench/offload_bench.cc does: attention over it costs what it would
 // after a real prefill, which at 256K tokens would take hours here.
+//
+// With --disk-dir the memory ranks get a disk tier (--disk-mem) behind small
+// host pools (--pool), so most KV lives on their disks: delegate is then
+// near-storage attention (InstInfer) and pull fetches disk blocks to rank 0
+// (FlexGen). Each run adds disk bytes read per step and the rate achieved; at
+// the end each memory rank, in turn, measures its disk read-only (see
+// MeasureReadOnly) and sequentially (bench/run_disk.sh).
 #include <mpi.h>
 #include <sched.h>
 #include <sys/resource.h>
@@ -42,10 +49,13 @@
 #include "kernels/ops.h"
 #include "nlohmann/json.hpp"
 #include "runtime/attention/attend.h"
+#include "runtime/attention/near_storage.h"
 #include "runtime/attention/remote.h"
 #include "runtime/common/thread_pool.h"
 #include "runtime/device/device.h"
+#include "runtime/kv/disk_pool.h"
 #include "runtime/kv/kv_store.h"
+#include "runtime/kv/storage_rank.h"
 #include "runtime/model/gguf.h"
 #include "runtime/model/llama.h"
 #include "runtime/model/synthetic_model.h"
@@ -168,17 +178,144 @@ class Random {
   uint64_t state_;
 };
 
-// Rank 0 tells the memory ranks whether another run follows (1) or the
-// benchmark is over (0). Non-blocking with a sleeping wait: a blocking
-// collective would spin on a core the measured ranks need.
+// Waits for a non-blocking MPI operation, sleeping between tests: a blocking
+// call would spin on a core the measured ranks need.
+void Await(MPI_Request* request) {
+  for (int done = 0; !done;) {
+    MPI_Test(request, &done, MPI_STATUS_IGNORE);
+    if (!done) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+// What rank 0 tells the memory ranks next: the benchmark is over, another
+// run follows, or the read-only disk pass.
+enum NextRun : int { kBenchmarkOver = 0, kAnotherRun = 1, kReadOnlyPass = 2 };
+
 int ShareNextRun(int word) {
   MPI_Request request;
   MPI_Ibcast(&word, 1, MPI_INT, 0, MPI_COMM_WORLD, &request);
-  for (int done = 0; !done;) {
-    MPI_Test(&request, &done, MPI_STATUS_IGNORE);
-    if (!done) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  Await(&request);
   return word;
+}
+
+// Point-to-point messages of the read-only pass (sizes travel first).
+constexpr int kPassTag = 71;
+
+void SendInt64s(const std::vector<int64_t>& values, int to) {
+  int64_t n = static_cast<int64_t>(values.size());
+  MPI_Request request;
+  MPI_Isend(&n, 1, MPI_INT64_T, to, kPassTag, MPI_COMM_WORLD, &request);
+  Await(&request);
+  MPI_Isend(values.data(), static_cast<int>(n), MPI_INT64_T, to, kPassTag, MPI_COMM_WORLD,
+            &request);
+  Await(&request);
+}
+
+std::vector<int64_t> ReceiveInt64s(int from) {
+  int64_t n = 0;
+  MPI_Request request;
+  MPI_Irecv(&n, 1, MPI_INT64_T, from, kPassTag, MPI_COMM_WORLD, &request);
+  Await(&request);
+  std::vector<int64_t> values(static_cast<size_t>(n));
+  MPI_Irecv(values.data(), static_cast<int>(n), MPI_INT64_T, from, kPassTag, MPI_COMM_WORLD,
+            &request);
+  Await(&request);
+  return values;
+}
+
+// A memory rank's disk measured with nothing else running (ReadOnlyPass).
+struct ReadOnlyReport {
+  double slots = 0;                 // disk slots the last main run used there
+  double write_gbps = 0;            // writing them, ascending
+  double stream_bytes = 0;          // read by the delegate-order passes
+  double stream_seconds = 0;        // their wall time
+  double sorted_stream_gbps = 0;    // the same slots streamed in ascending order
+  double sequential_read_gbps = 0;  // kv::MeasureSequentialReadGbps(dir, 256 MiB)
+};
+constexpr int kReadOnlyDoubles = 6;
+
+// The memory rank's own disk pool is private to attention::MemoryRank, so the
+// bench makes a twin: a DiskPool in the same dir with the same block size and
+// slot count, the slots the last main run used written in ascending order (as
+// the tier's demotions took them), then `passes` times every layer's slots
+// streamed in the order a delegate request reads them, through the runtime's
+// read-ahead window with a consumer that does nothing (checksums are still
+// verified, as in the real reads). `layers[l]` lists layer l's slots.
+ReadOnlyReport MeasureReadOnly(const hw::kv::DiskTierOptions& disk, int rank, int passes,
+                               int64_t block_bytes,
+                               const std::vector<std::vector<int64_t>>& layers) {
+  ReadOnlyReport report;
+  std::vector<int64_t> all;
+  for (const std::vector<int64_t>& slots : layers)
+    all.insert(all.end(), slots.begin(), slots.end());
+  std::sort(all.begin(), all.end());
+  all.erase(std::unique(all.begin(), all.end()), all.end());
+  report.slots = double(all.size());
+  {
+    hw::kv::DiskPoolOptions options;
+    options.dir = disk.dir;
+    options.capacity_bytes = disk.bytes;
+    options.block_bytes = block_bytes;
+    options.rank = rank;
+    auto pool = hw::kv::DiskPool::Create(options);
+    Check(pool.status(), "DiskPool::Create (read-only pass)");
+    constexpr size_t kBatch = 64;
+    std::vector<uint8_t> bytes(kBatch * size_t(block_bytes));
+    for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = uint8_t(i * 131 + 7);
+    const Clock::time_point write_start = Clock::now();
+    for (size_t at = 0; at < all.size(); at += kBatch) {
+      const size_t n = std::min(kBatch, all.size() - at);
+      std::vector<const void*> data;
+      std::vector<hw::kv::BlockTag> tags(n);
+      for (size_t i = 0; i < n; ++i) data.push_back(bytes.data() + i * size_t(block_bytes));
+      Check((*pool)->WriteMany(std::span(all).subspan(at, n), data, tags), "read-only pass write");
+    }
+    const double write_seconds = Since(write_start);
+    report.write_gbps =
+        write_seconds > 0 ? double(all.size()) * block_bytes / write_seconds / 1e9 : 0;
+
+    const auto nothing = [](size_t, size_t, const uint8_t*) { return absl::OkStatus(); };
+    const Clock::time_point stream_start = Clock::now();
+    for (int pass = 0; pass < passes; ++pass) {
+      for (const std::vector<int64_t>& slots : layers) {
+        Check((*pool)->Stream(slots, hw::attention::kDiskWindowBytes, nothing), "read-only pass");
+        report.stream_bytes += double(slots.size()) * block_bytes;
+      }
+    }
+    report.stream_seconds = Since(stream_start);
+    const Clock::time_point sorted_start = Clock::now();
+    for (int pass = 0; pass < passes; ++pass) {
+      Check((*pool)->Stream(all, hw::attention::kDiskWindowBytes, nothing), "read-only pass");
+    }
+    const double sorted_seconds = Since(sorted_start);
+    report.sorted_stream_gbps = sorted_seconds > 0 ? double(passes) * double(all.size()) *
+                                                         block_bytes / sorted_seconds / 1e9
+                                                   : 0;
+  }  // the twin's files go before the sequential file is written
+  absl::StatusOr<double> sequential =
+      hw::kv::MeasureSequentialReadGbps(disk.dir, int64_t{256} << 20);
+  Check(sequential.status(), "MeasureSequentialReadGbps");
+  report.sequential_read_gbps = *sequential;
+  return report;
+}
+
+// Memory rank side of the read-only pass: {block bytes, n layers, n layers
+// slot counts, slots...} in, a ReadOnlyReport out.
+void ServeReadOnlyPass(const hw::kv::DiskTierOptions& disk, int rank, int passes) {
+  const std::vector<int64_t> message = ReceiveInt64s(0);
+  const int64_t n_layers = message.at(1);
+  std::vector<std::vector<int64_t>> layers(static_cast<size_t>(n_layers));
+  size_t at = size_t(2 + n_layers);
+  for (int64_t l = 0; l < n_layers; ++l) {
+    const size_t n = static_cast<size_t>(message.at(size_t(2 + l)));
+    layers[l].assign(message.begin() + long(at), message.begin() + long(at + n));
+    at += n;
+  }
+  ReadOnlyReport report = MeasureReadOnly(disk, rank, passes, message.at(0), layers);
+  static_assert(sizeof(ReadOnlyReport) == kReadOnlyDoubles * sizeof(double));
+  MPI_Request request;
+  MPI_Isend(&report, kReadOnlyDoubles, MPI_DOUBLE, 0, kPassTag, MPI_COMM_WORLD, &request);
+  Await(&request);
 }
 
 // Where this rank runs: host, network namespace, allowed CPUs.
@@ -212,6 +349,8 @@ struct Flags {
   int64_t rtt_context = 4096;
   int rtt_steps = 10;
   std::string pool = "auto";
+  std::string disk_dir, disk_mem = "0", coordinator_host = "0";
+  int read_only_passes = 2;
   int threads = 1;
   double peer_timeout_s = 120;
   std::string label, launch, out;
@@ -241,15 +380,26 @@ class Coordinator {
               hw::comm::UcxTransport& transport)
       : dtype_(dtype), model_(model), device_(device), transport_(transport) {}
 
+  // Rank 0's host budget (0: unlimited; past it its blocks spill to the
+  // memory ranks) and the probed costs, whose disk budgets let the placement
+  // put blocks on the memory ranks' disks.
+  void Configure(int64_t host_budget_bytes, hw::cluster::CostModel costs) {
+    host_budget_bytes_ = host_budget_bytes;
+    costs_ = std::move(costs);
+    for (const hw::cluster::RankProbe& rank : costs_.ranks) disk_ = disk_ || rank.disk_bytes > 0;
+  }
+
   json Run(const RunSpec& spec) {
     const int world = transport_.size();
-    if (world > 1) ShareNextRun(1);
+    if (world > 1) ShareNextRun(kAnotherRun);
     const auto& info = model_.info();
     hw::kv::KvStoreOptions options;
     options.geometry = model_.KvGeometryFor(spec.block_tokens, dtype_);
     options.device = &device_;
     options.capacity_tokens = spec.context + spec.steps + spec.attend_steps + 2;
     options.max_append_tokens = kFillChunk;
+    options.host_budget_bytes = host_budget_bytes_;
+    options.costs = costs_;
     if (world > 1) {
       options.transport = &transport_;
       options.placement = hw::cluster::PlacementPolicy::kHeadMajor;
@@ -275,9 +425,15 @@ class Coordinator {
         Check(store.Append(layer, k.data(), v.data(), rows, row), "Append");
         Check(store.Seal(layer), "Seal");
       }
+      // With a rank-0 budget, blocks in flight to other ranks count against
+      // it until their puts finish and Append does not wait for them: wait here.
+      if (host_budget_bytes_ > 0 && store.distributed()) {
+        Check(store.AwaitRemoteHomes(), "AwaitRemoteHomes");
+      }
     }
     if (store.distributed()) Check(store.AwaitRemoteHomes(), "AwaitRemoteHomes");
     const double fill_seconds = Since(fill_start);
+    if (disk_ && spec.purpose == "main") disk_slots_ = DiskSlots(store);
 
     std::vector<float> logits;
     int32_t token = 17;
@@ -303,6 +459,9 @@ class Coordinator {
       sum.wall_seconds += stats.wall_seconds;
       sum.compute_seconds += stats.compute_seconds;
       sum.copy_wait_seconds += stats.copy_wait_seconds;
+      sum.disk_bytes_read += stats.disk_bytes_read;
+      sum.bytes_fetched += stats.bytes_fetched;
+      sum.disk_seconds += stats.disk_seconds;
     }
     const std::vector<MemoryRankStats> m1 = Stats();
     const std::vector<hw::comm::PeerTraffic> t1 = Traffic();
@@ -331,6 +490,7 @@ class Coordinator {
 
     const double step = Median(step_s);
     const double n = std::max(spec.steps, 1);
+    double disk_read = 0;  // bytes per step, every memory rank's disk
     json ranks = json::array();
     for (int r = 0; r < world; ++r) {
       json entry = {{"rank", r},
@@ -360,12 +520,24 @@ class Coordinator {
             served[r].delegate_cpu_seconds / calls *
             double(m1[r].delegate_calls - m0[r].delegate_calls) / n;
       }
+      if (disk_) {
+        entry["kv_bytes_on_disk"] = store.placement()->used_bytes(r, hw::cluster::PoolTier::kDisk);
+        if (r > 0) {
+          const double read = double(m1[r].disk_bytes_read - m0[r].disk_bytes_read);
+          const double secs = m1[r].disk_read_seconds - m0[r].disk_read_seconds;
+          disk_read += read / n;
+          entry["disk_bytes_read_per_step"] = read / n;
+          entry["disk_read_seconds_per_step"] = secs / n;
+          entry["disk_pool_read_gbps"] = secs > 0 ? read / secs / 1e9 : 0.0;
+          entry["disk_bytes_written_in_run"] = m1[r].disk_bytes_written;
+        }
+      }
       ranks.push_back(entry);
     }
     const double layer = Median(layer_s), layer_wait = Median(layer_wait_s);
     std::vector<double> local_s;
     for (size_t i = 0; i < layer_s.size(); ++i) local_s.push_back(layer_s[i] - layer_wait_s[i]);
-    return {
+    json run = {
         {"purpose", spec.purpose},
         {"mode", world > 1 ? hw::cluster::ExecModeName(spec.mode) : "local (1 rank)"},
         {"ranks", world},
@@ -402,11 +574,49 @@ class Coordinator {
         {"others_cpu_fraction", others / (run_seconds * std::thread::hardware_concurrency())},
         {"per_rank", ranks},
     };
+    if (disk_) {
+      int64_t on_disk = 0;
+      for (int r = 0; r < world; ++r) {
+        on_disk += store.placement()->used_bytes(r, hw::cluster::PoolTier::kDisk);
+      }
+      const double kv = double(spec.context * TokenBytes(store));
+      run["disk"] = {{"kv_bytes_on_disk", on_disk},
+                     {"fraction_of_kv_on_disk", kv > 0 ? double(on_disk) / kv : 0.0},
+                     {"disk_bytes_read_per_step", disk_read},
+                     {"achieved_read_gbps", step > 0 ? disk_read / step / 1e9 : 0.0},
+                     {"rank0_bytes_fetched_per_step", double(sum.bytes_fetched) / n},
+                     {"rank0_disk_seconds_per_step", sum.disk_seconds / n},
+                     {"rank0_own_disk_bytes_read_per_step", double(sum.disk_bytes_read) / n}};
+    }
+    return run;
+  }
+
+  // After the runs: each memory rank in turn measures its disk read-only
+  // over the disk slots of the last main run (MeasureReadOnly), then
+  // sequentially. Returns the reports by rank (index 0 empty).
+  std::vector<ReadOnlyReport> ReadOnlyPass() {
+    const int world = transport_.size();
+    std::vector<ReadOnlyReport> reports(world);
+    if (world == 1 || !disk_) return reports;
+    ShareNextRun(kReadOnlyPass);
+    for (int r = 1; r < world; ++r) {
+      const std::vector<std::vector<int64_t>>& layers = disk_slots_.at(r);
+      std::vector<int64_t> message = {disk_block_bytes_, int64_t(layers.size())};
+      for (const std::vector<int64_t>& slots : layers) message.push_back(int64_t(slots.size()));
+      for (const std::vector<int64_t>& slots : layers) {
+        message.insert(message.end(), slots.begin(), slots.end());
+      }
+      SendInt64s(message, r);
+      MPI_Request request;
+      MPI_Irecv(&reports[r], kReadOnlyDoubles, MPI_DOUBLE, r, kPassTag, MPI_COMM_WORLD, &request);
+      Await(&request);
+    }
+    return reports;
   }
 
   // Ends the memory ranks' serving loop.
   void Finish() {
-    if (transport_.size() > 1) ShareNextRun(0);
+    if (transport_.size() > 1) ShareNextRun(kBenchmarkOver);
   }
 
   // Stops the memory ranks and gathers what each reports (see ServeRuns).
@@ -423,6 +633,26 @@ class Coordinator {
 
  private:
   static int64_t TokenBytes(const hw::kv::KvStore& store) { return store.geometry().TokenBytes(); }
+
+  // Per rank and layer, the disk slots of the sealed blocks in the order a
+  // delegate request streams them (kv heads in order, each head's blocks).
+  std::vector<std::vector<std::vector<int64_t>>> DiskSlots(const hw::kv::KvStore& store) {
+    const hw::kv::KvGeometry& g = store.geometry();
+    disk_block_bytes_ = g.BlockBytes();
+    std::vector<std::vector<std::vector<int64_t>>> slots(
+        transport_.size(), std::vector<std::vector<int64_t>>(size_t(g.n_layers)));
+    for (int32_t layer = 0; layer < g.n_layers; ++layer) {
+      for (int32_t head = 0; head < g.n_kv_heads; ++head) {
+        for (int32_t b = 0; b < store.n_sealed(layer); ++b) {
+          const hw::cluster::BlockHome home = store.Home(layer, head, b);
+          if (home.tier == hw::cluster::PoolTier::kDisk) {
+            slots[home.rank][layer].push_back(home.slot);
+          }
+        }
+      }
+    }
+    return slots;
+  }
 
   std::vector<MemoryRankStats> Stats() {
     if (transport_.size() == 1) return std::vector<MemoryRankStats>(1);
@@ -441,17 +671,28 @@ class Coordinator {
   hw::model::LlamaModel& model_;
   hw::device::Device& device_;
   hw::comm::UcxTransport& transport_;
+  int64_t host_budget_bytes_ = 0;
+  hw::cluster::CostModel costs_;
+  bool disk_ = false;                                          // some memory rank has a disk tier
+  std::vector<std::vector<std::vector<int64_t>>> disk_slots_;  // of the last main run
+  int64_t disk_block_bytes_ = 0;
 };
 
 // Memory ranks: serve one run after another until rank 0 says it is over,
 // through MemoryRank::Handle wrapped to time the delegate calls in thread CPU
 // seconds (MemoryRankStats has wall seconds, which on an oversubscribed
 // machine include waiting for a core); after each run, report to rank 0.
-int ServeRuns(hw::comm::UcxTransport& transport, hw::device::Device& device) {
-  while (ShareNextRun(0) == 1) {
+// Each run's memory rank makes a fresh disk tier in `disk` (if any) on first use.
+int ServeRuns(hw::comm::UcxTransport& transport, hw::device::Device& device,
+              const hw::kv::DiskTierOptions& disk, int read_only_passes) {
+  for (int next; (next = ShareNextRun(kBenchmarkOver)) != kBenchmarkOver;) {
+    if (next == kReadOnlyPass) {
+      ServeReadOnlyPass(disk, transport.rank(), read_only_passes);
+      continue;
+    }
     ServeReport report;
     const double cpu = ProcessCpuSeconds();
-    hw::attention::MemoryRank rank(transport, device);
+    hw::attention::MemoryRank rank(transport, device, disk);
     absl::Status served = transport.Serve([&](std::span<const std::byte> request) {
       const int64_t calls = rank.stats().delegate_calls;
       const double thread_cpu = ThreadCpuSeconds();
@@ -470,6 +711,35 @@ int ServeRuns(hw::comm::UcxTransport& transport, hw::device::Device& device) {
                0, MPI_COMM_WORLD);
   }
   return 0;
+}
+
+// Adds the memory ranks' read-only figures (by rank; index 0 unused) to
+// report["disk"] and, to each run with disk figures, its achieved read rate
+// over their sums (the memory ranks' disks taken together).
+void AddReadOnlyPass(const std::vector<ReadOnlyReport>& reports, json& report) {
+  double sequential = 0, read_only = 0;
+  for (size_t r = 1; r < reports.size(); ++r) {
+    const ReadOnlyReport& x = reports[r];
+    const double gbps = x.stream_seconds > 0 ? x.stream_bytes / x.stream_seconds / 1e9 : 0;
+    report["disk"]["read_only"].push_back({{"rank", r},
+                                           {"slots", x.slots},
+                                           {"write_gbps", x.write_gbps},
+                                           {"stream_bytes", x.stream_bytes},
+                                           {"stream_seconds", x.stream_seconds},
+                                           {"read_only_gbps", gbps},
+                                           {"sorted_stream_gbps", x.sorted_stream_gbps},
+                                           {"sequential_read_gbps", x.sequential_read_gbps}});
+    sequential += x.sequential_read_gbps;
+    read_only += gbps;
+  }
+  report["disk"]["sequential_read_gbps"] = sequential;
+  report["disk"]["read_only_gbps"] = read_only;
+  for (json& run : report["runs"]) {
+    if (!run.contains("disk")) continue;
+    const double achieved = run["disk"]["achieved_read_gbps"].get<double>();
+    run["disk"]["achieved_over_sequential"] = sequential > 0 ? achieved / sequential : 0.0;
+    run["disk"]["achieved_over_read_only"] = read_only > 0 ? achieved / read_only : 0.0;
+  }
 }
 
 }  // namespace
@@ -506,6 +776,13 @@ int main(int argc, char** argv) {
                  "Short context for the per-layer round trip (0: skip)");
   app.add_option("--rtt-steps", f.rtt_steps, "Per-layer Attend steps at --rtt-context");
   app.add_option("--pool", f.pool, "Memory rank pool bytes (e.g. 512MiB), or auto");
+  app.add_option("--disk-dir", f.disk_dir, "Memory ranks' disk tier directory (a real disk)");
+  app.add_option("--disk-mem", f.disk_mem, "Memory ranks' disk tier bytes (with --disk-dir)");
+  app.add_option("--coordinator-host", f.coordinator_host,
+                 "Rank 0's host KV budget (0: unlimited); past it, its blocks spill to the "
+                 "memory ranks");
+  app.add_option("--read-only-passes", f.read_only_passes,
+                 "Passes over the disk slots in the memory ranks' read-only measurement");
   app.add_option("--threads", f.threads, "Compute threads per rank (the caller included)");
   app.add_option("--peer-timeout", f.peer_timeout_s, "Seconds to wait for a peer");
   app.add_option("--label", f.label, "Free text stored in the report");
@@ -546,6 +823,12 @@ int main(int argc, char** argv) {
       specs.push_back({"pull_sweep", ExecMode::kPull, f.sweep_context, block, f.sweep_steps, 0});
     }
   }
+  const int64_t disk_mem = ParseBytes(f.disk_mem);
+  const int64_t coordinator_host = ParseBytes(f.coordinator_host);
+  if (disk_mem < 0 || coordinator_host < 0) Die("bad --disk-mem or --coordinator-host");
+  if (f.disk_dir.empty() != (disk_mem == 0) || (disk_mem > 0 && world < 2)) {
+    Die("--disk-dir and --disk-mem go together, with memory ranks (2 or more ranks)");
+  }
   int64_t pool = 0;
   for (const RunSpec& s : specs) pool = std::max(pool, PoolNeed(f, *dtype, s, world));
   if (f.pool != "auto" && (pool = ParseBytes(f.pool)) <= 0) Die("bad --pool '" + f.pool + "'");
@@ -565,7 +848,8 @@ int main(int argc, char** argv) {
   std::vector<char> places(rank == 0 ? sizeof(place) * world : 0);
   MPI_Gather(place, sizeof(place), MPI_CHAR, places.data(), sizeof(place), MPI_CHAR, 0,
              MPI_COMM_WORLD);
-  if (rank != 0) return ServeRuns(**transport, *cpu);
+  const hw::kv::DiskTierOptions disk{f.disk_dir, disk_mem};
+  if (rank != 0) return ServeRuns(**transport, *cpu, disk, std::max(f.read_only_passes, 1));
 
   const Clock::time_point bench_start = Clock::now();
   hw::model::testing::SyntheticModelSpec spec;
@@ -623,8 +907,25 @@ int main(int argc, char** argv) {
         {"pull_gbps_stream", "bytes_pulled / StreamStats.wall_seconds (the pulled pipeline)"},
         {"per_rank.attention_*", "MemoryRankStats deltas over the timed decode steps, per step"}}},
   };
+  if (disk_mem > 0) {
+    report["disk"] = {{"dir", f.disk_dir},
+                      {"memory_rank_disk_bytes", disk_mem},
+                      {"memory_rank_pool_bytes", pool},
+                      {"coordinator_host_bytes", coordinator_host}};
+    report["definitions"]["runs.disk.achieved_read_gbps"] =
+        "disk bytes every memory rank read per decode step (MemoryRankStats deltas) / median step";
+    report["definitions"]["per_rank.disk_pool_read_gbps"] =
+        "MemoryRankStats disk_bytes_read / disk_read_seconds over the timed steps (the pool's "
+        "own timing of its reads; see kv::DiskStats for whether it includes the consumer)";
+    report["definitions"]["disk.read_only"] =
+        "per memory rank, after the runs: a twin DiskPool made by the bench (same dir, block size "
+        "and slot count as its disk tier; the tier itself is private to attention::MemoryRank), "
+        "the last main run's disk slots written ascending, then streamed per layer in delegate "
+        "order through the runtime's read-ahead window with a no-op consumer (checksums "
+        "verified); sequential_read_gbps: kv::MeasureSequentialReadGbps(dir, 256 MiB) there";
+  }
   Coordinator coordinator(*dtype, **model, *cpu, **transport);
-  if (world > 1) ShareNextRun(1);
+  if (world > 1) ShareNextRun(kAnotherRun);
   absl::StatusOr<hw::cluster::CostModel> probes = hw::attention::ProbeCluster(**transport);
   Check(probes.status(), "ProbeCluster");
   coordinator.EndRun();
@@ -632,8 +933,11 @@ int main(int argc, char** argv) {
     report["probes"].push_back({{"rank", r},
                                 {"link_gbps", probes->ranks[r].link_gbps},
                                 {"rtt_seconds", probes->ranks[r].rtt_seconds},
-                                {"attention_gbps", probes->ranks[r].attention_gbps}});
+                                {"attention_gbps", probes->ranks[r].attention_gbps},
+                                {"disk_bytes", probes->ranks[r].disk_bytes},
+                                {"disk_read_gbps", probes->ranks[r].disk_read_gbps}});
   }
+  coordinator.Configure(coordinator_host, *probes);
   report["triad_gbps_1thread"] = hw::bench::TriadGBps(size_t{64} << 20, 1, 3);
 
   for (const RunSpec& s : specs) {
@@ -645,8 +949,15 @@ int main(int argc, char** argv) {
                  run["step_seconds"].get<double>(), run["tokens_per_s"].get<double>(),
                  run["attend_layer_seconds"].dump().c_str(),
                  run["rank0_stream_per_step"]["bytes_pulled"].get<double>());
+    if (run.contains("disk")) {
+      std::fprintf(stderr, "  disk: %.0f%% of the KV, %.0f B read/step, %.3f GB/s achieved\n",
+                   100 * run["disk"]["fraction_of_kv_on_disk"].get<double>(),
+                   run["disk"]["disk_bytes_read_per_step"].get<double>(),
+                   run["disk"]["achieved_read_gbps"].get<double>());
+    }
     report["runs"].push_back(run);
   }
+  if (disk_mem > 0) AddReadOnlyPass(coordinator.ReadOnlyPass(), report);
   coordinator.Finish();
   report["total_seconds"] = Since(bench_start);
   if (!hw::bench::WriteReport(report, f.out)) Die("cannot write " + f.out);

@@ -233,11 +233,12 @@ int RunAsk(const AskRequest& r) {
   return code;
 }
 
-int RunCloseSession(const std::string& server, const std::string& session) {
+int RunCloseSession(const std::string& server, const std::string& session, bool persist) {
   auto stub = v1::Inference::NewStub(Channel(server));
   grpc::ClientContext context;
   v1::CloseSessionRequest request;
   request.set_session_id(session);
+  request.set_persist(persist);
   v1::CloseSessionResponse response;
   const grpc::Status status = stub->CloseSession(&context, request, &response);
   return status.ok() ? 0 : Fail("close", status);

@@ -45,6 +45,6 @@ int RunAsk(const AskRequest& request);
 int RunStatus(const std::string& server, bool wait_ready, double wait_seconds);
 
 // CloseSession.
-int RunCloseSession(const std::string& server, const std::string& session);
+int RunCloseSession(const std::string& server, const std::string& session, bool persist = false);
 
 }  // namespace headwise::launcher

@@ -66,13 +66,21 @@ void RegisterClientCommands(CLI::App& app, CommandRunner& run) {
     };
   });
 
-  auto close = std::make_shared<std::pair<std::string, std::string>>(kDefaultServer, "");
+  auto close =
+      std::make_shared<std::tuple<std::string, std::string, bool>>(kDefaultServer, "", false);
   CLI::App* cl = app.add_subcommand("close", "Close an open session");
-  cl->add_option("--server", close->first, "headwise server host:port")->capture_default_str();
-  cl->add_option("session", close->second, "The session's id")->required();
+  cl->add_option("--server", std::get<0>(*close), "headwise server host:port")
+      ->capture_default_str();
+  cl->add_option("session", std::get<1>(*close), "The session's id")->required();
+  cl->add_flag("--persist", std::get<2>(*close),
+               "Save the session first (the server's --snapshot-dir); `serve --restore` brings "
+               "it back");
   AddEnvTwins(*cl);
-  cl->callback(
-      [close, &run] { run = [close] { return RunCloseSession(close->first, close->second); }; });
+  cl->callback([close, &run] {
+    run = [close] {
+      return RunCloseSession(std::get<0>(*close), std::get<1>(*close), std::get<2>(*close));
+    };
+  });
 }
 
 }  // namespace headwise::launcher

@@ -27,6 +27,8 @@ struct ServeFlags {
   RuntimeFlags runtime;
   std::string listen = "127.0.0.1:50051";
   std::string context_dir;
+  std::string snapshot_dir;
+  bool restore = false;
   int32_t max_queue = 16;
   double drain = 5;
 };
@@ -58,6 +60,9 @@ int RunServe(const ServeFlags& flags) {
   if (!started.ok()) return Fail(started.status());
   Runtime& rt = *started;
   if (rt.memory_rank()) return rt.cluster->ServeMemoryRank(flags.runtime.threads);
+  if (flags.restore && flags.snapshot_dir.empty()) {
+    return Fail(absl::InvalidArgumentError("--restore needs --snapshot-dir"));
+  }
   auto fail = [&rt](const absl::Status& status) {
     const int code = Fail(status);
     rt.AbortCluster(code);
@@ -82,7 +87,20 @@ int RunServe(const ServeFlags& flags) {
   engine_options.base = rt.base;
   engine_options.max_queued = flags.max_queue;
   engine_options.context_dir = flags.context_dir;
+  engine_options.snapshot_dir = flags.snapshot_dir;
   engine::Engine engine(**llm, *tokenizer, engine_options);
+  if (flags.restore) {
+    absl::StatusOr<std::vector<engine::SessionInfo>> restored = engine.RestoreSessions();
+    if (!restored.ok()) return fail(restored.status());
+    for (const engine::SessionInfo& session : *restored) {
+      std::fprintf(stderr, "headwise serve: restored session %s (%lld tokens)\n",
+                   session.id.c_str(), static_cast<long long>(session.context_tokens));
+    }
+    if (restored->empty()) {
+      std::fprintf(stderr, "headwise serve: no sessions to restore in %s\n",
+                   flags.snapshot_dir.c_str());
+    }
+  }
 
   const model::ModelInfo& info = (*llm)->info();
   const int64_t token_bytes =
@@ -93,14 +111,17 @@ int RunServe(const ServeFlags& flags) {
       "headwise serve: model %s (%s, %d layers, %d/%d heads), device %s, KV %s in "
       "%d-token blocks (%lld B/token)\n"
       "  ranks %d, placement %s, mode %s, peer timeout %.0f s, host pool %s per rank, "
-      "queue %d, context dir %s\n"
+      "disk tier %s per rank%s%s, queue %d, context dir %s, snapshot dir %s\n"
       "  KV capacity: %lld tokens\n",
       info.name.c_str(), info.architecture.c_str(), int(info.n_layers), int(info.n_heads),
       int(info.n_kv_heads), flags.runtime.device.c_str(), flags.runtime.kv_dtype.c_str(),
       rt.base.kv_block, static_cast<long long>(token_bytes), world, flags.runtime.placement.c_str(),
       flags.runtime.mode.c_str(), flags.runtime.peer_timeout,
       rt.base.host_budget_bytes == 0 ? "unlimited" : Gib(rt.base.host_budget_bytes).c_str(),
-      flags.max_queue, flags.context_dir.empty() ? "(none)" : flags.context_dir.c_str(),
+      rt.base.disk.bytes == 0 ? "none" : Gib(rt.base.disk.bytes).c_str(),
+      rt.base.disk.bytes == 0 ? "" : " in ", rt.base.disk.dir.c_str(), flags.max_queue,
+      flags.context_dir.empty() ? "(none)" : flags.context_dir.c_str(),
+      flags.snapshot_dir.empty() ? "(none)" : flags.snapshot_dir.c_str(),
       static_cast<long long>(engine.MaxContextTokens()));
   (*server)->Attach(engine);
   std::fprintf(stderr, "headwise serve: ready\n");
@@ -133,6 +154,11 @@ void RegisterServeCommand(CLI::App& app, CommandRunner& run) {
       ->capture_default_str();
   cmd->add_option("--context-dir", flags->context_dir,
                   "Directory OpenSession may read context files from (default: none)");
+  cmd->add_option("--snapshot-dir", flags->snapshot_dir,
+                  "Directory persisted sessions are written to (close --persist) and restored "
+                  "from (every rank writes its own blocks there; default: none)");
+  cmd->add_flag("--restore", flags->restore,
+                "Reopen the sessions persisted in --snapshot-dir before serving");
   cmd->add_option("--max-queue", flags->max_queue,
                   "Requests that may wait behind the running one before RESOURCE_EXHAUSTED")
       ->capture_default_str()

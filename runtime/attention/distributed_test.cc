@@ -435,6 +435,72 @@ TEST_F(DistributedTest, AFullDiskIsResourceExhaustedWithTheNumbers) {
   EXPECT_THAT(std::string(run.status().message()), HasSubstr("65536 bytes of 65536 bytes disk"));
 }
 
+TEST_F(DistributedTest, ASnapshotRestoresTheSequenceWhereItWasSaved) {
+  const int64_t block = BlockBytes();
+  for (int size : {1, 3}) {
+    TempDir dir;
+    const std::string snapshot = dir.path() + "/session";
+    const kv::DiskTierOptions disk{dir.path(), 512 * block};
+    auto options_for = [&](World& world) {
+      kv::KvStoreOptions options = Options(cpu_);
+      options.host_budget_bytes = 50 * block;
+      options.disk = disk;
+      options.mode = cluster::ExecMode::kDelegate;
+      if (size > 1) {
+        options.transport = &world.loopback.transport(0);
+        options.costs.ranks.resize(size);
+        for (cluster::RankProbe& probe : options.costs.ranks) probe.disk_bytes = disk.bytes;
+      }
+      return options;
+    };
+    std::vector<kv::SnapshotBlock> table;
+    {
+      World world(size, 6 * block, disk);
+      auto store = kv::KvStore::Create(options_for(world));
+      ASSERT_TRUE(store.ok()) << store.status();
+      std::vector<float> logits;
+      for (size_t begin = 0; begin < prompt_->size(); begin += kChunk) {
+        const size_t n = std::min<size_t>(kChunk, prompt_->size() - begin);
+        ASSERT_TRUE(llm_->Forward(std::span(*prompt_).subspan(begin, n), **store, &logits).ok());
+      }
+      absl::StatusOr<std::vector<kv::SnapshotBlock>> saved = (*store)->Save(snapshot);
+      ASSERT_TRUE(saved.ok()) << saved.status();
+      table = std::move(*saved);
+    }
+    // A new cluster (fresh pools and disks): the sequence continues exactly.
+    World world(size, 6 * block, disk);
+    auto store = kv::KvStore::Create(options_for(world));
+    ASSERT_TRUE(store.ok());
+    absl::Status loaded = (*store)->Load(snapshot, table, kPrompt);
+    ASSERT_TRUE(loaded.ok()) << loaded;
+    std::vector<float> logits;
+    for (int i = 0; i + 1 < kNew; ++i) {
+      const int32_t token = reference_->tokens[i];
+      ASSERT_TRUE(llm_->Forward(std::span<const int32_t>(&token, 1), **store, &logits).ok());
+      const int32_t next =
+          static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      EXPECT_EQ(next, reference_->tokens[i + 1]) << size << " ranks, step " << i;
+    }
+    // A corrupt block file is named; a table of another world does not fit.
+    const std::string file = kv::SnapshotFile(snapshot, size - 1);
+    FlipByte(file, static_cast<int64_t>(std::filesystem::file_size(file)) - 100);  // in a block
+    World again(size, 6 * block, disk);
+    auto corrupt = kv::KvStore::Create(options_for(again));
+    ASSERT_TRUE(corrupt.ok());
+    absl::Status s = (*corrupt)->Load(snapshot, table, kPrompt);
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(kv::SnapshotFile(snapshot, size - 1))) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("layer ")) << s;
+    if (size > 1) {
+      kv::KvStoreOptions one = Options(cpu_);
+      auto single = kv::KvStore::Create(one);
+      ASSERT_TRUE(single.ok());
+      EXPECT_EQ((*single)->Load(snapshot, table, kPrompt).code(),
+                absl::StatusCode::kFailedPrecondition);
+    }
+  }
+}
+
 TEST_F(DistributedTest, MemoryRankRejectsOffsetsOutsideItsPool) {
   comm::LoopbackWorld world({0, 4096});
   MemoryRank rank(world.transport(1), *cpu_);

@@ -3,6 +3,7 @@
 // the queue at once. Session ids are random 64-bit hex strings.
 #include "runtime/engine/engine.h"
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <random>
@@ -11,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "runtime/attention/remote.h"
+#include "runtime/engine/session_snapshot.h"
 
 namespace headwise::engine {
 
@@ -227,6 +229,11 @@ absl::StatusOr<std::string> Engine::OpenSession(const std::string& context,
         int64_t remote = 0;
         for (int32_t r = 1; r < plan->world_size(); ++r) remote += plan->used_bytes(r);
         p.tier_bytes["remote"] = remote;
+        int64_t disk = 0;
+        for (int32_t r = 0; r < plan->world_size(); ++r) {
+          disk += plan->used_bytes(r, cluster::PoolTier::kDisk);
+        }
+        if (disk > 0) p.tier_bytes["disk"] = disk;
       }
       progress(p);
     };
@@ -279,10 +286,14 @@ absl::StatusOr<GenerateResult> Engine::Ask(const std::string& session_id,
   return result;
 }
 
-absl::Status Engine::CloseSession(const std::string& session_id) {
+absl::Status Engine::CloseSession(const std::string& session_id, bool persist) {
+  if (persist && options_.snapshot_dir.empty()) {
+    return Count(absl::FailedPreconditionError(
+        "persisting a session needs a snapshot directory (headwise serve --snapshot-dir)"));
+  }
   absl::StatusOr<std::unique_ptr<Turn>> turn = WaitTurn(RequestOptions{});
   if (!turn.ok()) return Count(turn.status());
-  std::unique_ptr<Session> closed;
+  Session* session = nullptr;
   {
     std::lock_guard lock(mu_);
     auto it = sessions_.find(session_id);
@@ -290,11 +301,60 @@ absl::Status Engine::CloseSession(const std::string& session_id) {
       ++counters_.requests, ++counters_.errors;
       return absl::NotFoundError(absl::StrCat("no session '", session_id, "'"));
     }
+    session = it->second.get();
+  }
+  // This turn is the only one touching the session.
+  if (persist) {
+    if (absl::Status s = SaveSnapshot(llm_, options_, session_id, *session->store,
+                                      session->context_tokens, SnapshotDir(session_id));
+        !s.ok()) {
+      return Count(s);  // the session stays open
+    }
+  } else if (!options_.snapshot_dir.empty()) {
+    std::error_code ignored;
+    std::filesystem::remove_all(SnapshotDir(session_id), ignored);
+  }
+  std::unique_ptr<Session> closed;
+  {
+    std::lock_guard lock(mu_);
+    auto it = sessions_.find(session_id);
     closed = std::move(it->second);
     sessions_.erase(it);
     ++counters_.requests;
   }
   return absl::OkStatus();  // the store's blocks and pool slots go with it
+}
+
+std::filesystem::path Engine::SnapshotDir(const std::string& session_id) const {
+  return options_.snapshot_dir / session_id;
+}
+
+absl::StatusOr<std::vector<SessionInfo>> Engine::RestoreSessions() {
+  std::vector<SessionInfo> restored;
+  if (options_.snapshot_dir.empty()) return restored;
+  absl::StatusOr<std::unique_ptr<Turn>> turn = WaitTurn(RequestOptions{});
+  if (!turn.ok()) return turn.status();
+  std::error_code error;
+  std::vector<std::filesystem::path> dirs;
+  for (const auto& entry : std::filesystem::directory_iterator(options_.snapshot_dir, error)) {
+    if (std::filesystem::exists(entry.path() / kSessionFile)) dirs.push_back(entry.path());
+  }
+  if (error) {
+    return absl::NotFoundError(absl::StrCat("cannot read the snapshot directory ",
+                                            options_.snapshot_dir.string(), ": ", error.message()));
+  }
+  std::sort(dirs.begin(), dirs.end());
+  for (const std::filesystem::path& dir : dirs) {
+    absl::StatusOr<LoadedSnapshot> loaded = LoadSnapshot(llm_, options_, dir, MaxContextTokens());
+    if (!loaded.ok()) return loaded.status();
+    auto session = std::make_unique<Session>();
+    session->store = std::move(loaded->store);
+    session->context_tokens = loaded->context_tokens;
+    restored.push_back({loaded->id, loaded->context_tokens, "exact"});
+    std::lock_guard lock(mu_);
+    sessions_[loaded->id] = std::move(session);
+  }
+  return restored;
 }
 
 std::vector<SessionInfo> Engine::ListSessions() const {

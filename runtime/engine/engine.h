@@ -29,6 +29,9 @@ struct EngineOptions {
   GenerateOptions base;
   int32_t max_queued = 16;            // requests waiting beyond the running one
   std::filesystem::path context_dir;  // OpenSession paths must lie under it; empty: refused
+  // Where persisted sessions are written (CloseSession with persist) and
+  // restored from (RestoreSessions); empty: persisting is refused.
+  std::filesystem::path snapshot_dir;
 };
 
 struct SessionInfo {
@@ -105,7 +108,17 @@ class Engine {
   // Asks `question` against a session; the session is unchanged afterwards.
   absl::StatusOr<GenerateResult> Ask(const std::string& session_id, const std::string& question,
                                      const RequestOptions& request, const TextCallback& on_text);
-  absl::Status CloseSession(const std::string& session_id);
+  // Closes a session. With `persist`, first writes it under
+  // options.snapshot_dir/<id>/ (every rank its own blocks, rank 0 the
+  // table in session.json, written last) so RestoreSessions brings it back;
+  // without, a snapshot of it is removed. FailedPrecondition to persist
+  // without a snapshot dir.
+  absl::Status CloseSession(const std::string& session_id, bool persist = false);
+  // Reopens every session persisted under options.snapshot_dir on this
+  // cluster (same world size, model and KV layout; each block back on the
+  // rank that saved it). A snapshot that does not fit or is corrupt is an
+  // error naming it; the sessions restored before it stay.
+  absl::StatusOr<std::vector<SessionInfo>> RestoreSessions();
   std::vector<SessionInfo> ListSessions() const;
 
   // Every rank's pools, traffic, probes and work (takes a turn: memory ranks
@@ -126,6 +139,8 @@ class Engine {
   GenerateOptions Options(const RequestOptions& request) const;
   absl::Status CheckFits(int64_t tokens, const RequestOptions& request) const;
   absl::Status Count(absl::Status status);
+  // The snapshot directory of a session.
+  std::filesystem::path SnapshotDir(const std::string& session_id) const;
 
   model::LlamaModel& llm_;
   const model::Tokenizer& tokenizer_;

@@ -59,8 +59,10 @@ struct DiskPoolOptions {
 };
 
 // Byte counts are payload (block_bytes per block), not the aligned on-disk
-// stride. Seconds are wall time inside the pool (Stream excludes the time
-// spent in the consumer).
+// stride. Seconds are wall time inside the pool; a Stream's read time
+// includes its consumer's (what was computed on the blocks as they came), so
+// read_gbps is the rate KV came off the disk, and consume_seconds says how
+// much of it was the consumer's.
 struct DiskStats {
   int64_t capacity_bytes = 0;  // slots() * block_bytes()
   int64_t used_bytes = 0;      // slots holding a written block (not Forgotten) * block_bytes
@@ -69,6 +71,7 @@ struct DiskStats {
   int64_t bytes_read = 0;
   double write_seconds = 0;
   double read_seconds = 0;
+  double consume_seconds = 0;
   int64_t checksum_failures = 0;
 
   double read_gbps() const { return read_seconds > 0 ? bytes_read / read_seconds / 1e9 : 0; }

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "runtime/kv/kv_store_block.h"
 
 namespace headwise::kv {
 namespace {
@@ -24,22 +25,6 @@ std::string Bytes(int64_t bytes) {
 }
 
 }  // namespace
-
-struct KvStore::Block {
-  Tier tier = Tier::kDevice;
-  uint8_t* data = nullptr;  // K then V, where the block can be read now
-  int32_t n_tokens = 0;
-  device::DeviceBuffer device_buffer;  // while on the device
-  uint8_t* host = nullptr;             // once it has a host block (owned by the pool)
-  device::CopyTicket copy_home = 0;    // ToHost copy in flight
-  // Placed blocks: the rank, its pool there (host or disk) and the slot in
-  // it. Remote host homes have a put in flight (from `host`, which is
-  // released once it landed). Blocks on this rank's disk have tier kDisk.
-  int32_t rank = 0;
-  cluster::PoolTier pool = cluster::PoolTier::kHost;
-  int64_t slot = -1;
-  comm::RmaTicket put = 0;
-};
 
 int64_t KvGeometry::BlockBytes() const {
   return 2 * int64_t(block_tokens) * head_dim * int64_t(kernels::KvDtypeSize(dtype));
@@ -85,7 +70,7 @@ KvStore::~KvStore() {
   for (const auto& layer : blocks_) {
     for (const auto& head : layer) {
       for (const auto& block : head) {
-        if (block->tier == Tier::kDisk) disk_->Forget(block->slot);
+        if (block != nullptr && block->tier == Tier::kDisk) disk_->Forget(block->slot);
       }
     }
   }

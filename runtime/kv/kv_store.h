@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -86,6 +87,18 @@ struct KvStoreOptions {
   DiskTierOptions disk;
   std::shared_ptr<DiskPool> disk_pool;
 };
+
+// One block of a saved sequence: which it is, its tokens, and where its
+// bytes were saved: entry `index` of rank `rank`'s block file.
+struct SnapshotBlock {
+  BlockTag tag;
+  int32_t n_tokens = 0;
+  int32_t rank = 0;
+  int64_t index = 0;
+};
+
+// The block file of `rank` in a snapshot directory.
+std::string SnapshotFile(const std::string& dir, int32_t rank);
 
 // How a store keeps its blocks, decided once at creation.
 enum class KvMode {
@@ -164,6 +177,18 @@ class KvStore {
 
   // Drops every token at position >= n_tokens in every layer.
   absl::Status Truncate(int64_t n_tokens);
+
+  // Snapshots (sessions that survive a restart). Save writes every block to
+  // SnapshotFile(dir, r) on the rank r holding it (sealed or open; this
+  // rank's from any tier) and returns the table Load needs. Load fills an
+  // empty store with the same geometry from such files: each block goes
+  // back to the rank that saved it (its host pool, else its disk), the
+  // open blocks to this rank's device. FailedPrecondition when the table
+  // does not fit this store (another world size, geometry or length);
+  // DataLoss naming the block for a missing or corrupt one.
+  absl::StatusOr<std::vector<SnapshotBlock>> Save(const std::string& dir);
+  absl::Status Load(const std::string& dir, std::span<const SnapshotBlock> blocks,
+                    int64_t n_tokens);
 
   // Distributed stores (a transport of more than one rank). A block's home
   // rank (0: here) and its offset in that rank's host pool (-1 for blocks

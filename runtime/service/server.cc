@@ -223,10 +223,7 @@ class InferenceService final : public v1::Inference::Service {
   grpc::Status CloseSession(grpc::ServerContext*, const v1::CloseSessionRequest* request,
                             v1::CloseSessionResponse*) override {
     if (grpc::Status s = CheckReady(); !s.ok()) return s;
-    if (request->persist()) {
-      return Out(absl::UnimplementedError("persisted sessions need the disk tier"));
-    }
-    return Out(engine().CloseSession(request->session_id()));
+    return Out(engine().CloseSession(request->session_id(), request->persist()));
   }
 
   grpc::Status ListSessions(grpc::ServerContext*, const v1::ListSessionsRequest*,
