@@ -70,6 +70,10 @@ nlohmann::json StatsJson(const v1::GenerateResponse::Final& final) {
       tiers[name] = {{"used_bytes", tier.used_bytes()},
                      {"peak_bytes", tier.peak_bytes()},
                      {"budget_bytes", tier.budget_bytes()}};
+      if (name == "disk") {
+        tiers[name]["bytes_read"] = tier.bytes_read();
+        tiers[name]["read_gbps"] = tier.read_gbps();
+      }
     }
     ranks.push_back({{"rank", rank.rank()},
                      {"tiers", tiers},
@@ -307,11 +311,20 @@ int RunStatus(const std::string& server, bool wait_ready, double wait_seconds) {
                     rank.attention_bytes() / rank.attention_seconds() / 1e9);
       work = text;
     }
+    std::string disk;
+    if (const auto d = rank.tiers().find("disk"); d != rank.tiers().end()) {
+      char text[128];
+      std::snprintf(text, sizeof(text), ", disk KV %.1f MiB (peak %.1f MiB, read %.1f MiB at %.2f GB/s)",
+                    d->second.used_bytes() / 1048576.0, d->second.peak_bytes() / 1048576.0,
+                    d->second.bytes_read() / 1048576.0, d->second.read_gbps());
+      disk = text;
+    }
     std::printf(
-        "rank %d (%s): host KV %.1f MiB (peak %.1f MiB), sent %.1f MiB, received %.1f MiB, "
+        "rank %d (%s): host KV %.1f MiB (peak %.1f MiB)%s, sent %.1f MiB, received %.1f MiB, "
         "%llu requests, %llu errors%s\n",
-        rank.rank(), rank.hostname().c_str(), used, peak, rank.bytes_sent() / 1048576.0,
-        rank.bytes_received() / 1048576.0, static_cast<unsigned long long>(rank.requests()),
+        rank.rank(), rank.hostname().c_str(), used, peak, disk.c_str(),
+        rank.bytes_sent() / 1048576.0, rank.bytes_received() / 1048576.0,
+        static_cast<unsigned long long>(rank.requests()),
         static_cast<unsigned long long>(rank.errors()), work.c_str());
   }
   return 0;

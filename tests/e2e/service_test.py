@@ -16,43 +16,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "util"))
-from harness import check, parse_args, mpi_env, passkey_document, summary  # noqa: E402
+from harness import Server, check, parse_args, passkey_document, run, summary  # noqa: E402
 
 
 QUESTION = "What is the pass key? Answer with the number only."
-
-
-class Server:
-    def __init__(self, hw, args, log, mpi_ranks=0, mpi_args=()):
-        cmd = [hw, "serve", "--listen", "127.0.0.1:0", *args]
-        if mpi_ranks:
-            cmd = ["mpirun", *mpi_args, "-np", str(mpi_ranks), *cmd]
-        self.log = log
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"),
-                                     env=mpi_env(), start_new_session=True)
-        self.address = None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            m = re.search(r"\(port (\d+)\)", open(log).read())
-            if m:
-                self.address = f"127.0.0.1:{m.group(1)}"
-                break
-            time.sleep(0.1)
-
-    def stop(self, sig=signal.SIGTERM, timeout=60):
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            return None
-
-
-def run(*cmd, timeout=600):
-    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
 
 
 def main():

@@ -1,7 +1,12 @@
 """Shared pieces of the Python end-to-end tests (tests/e2e, tests/mpi): the
 PASS/FAIL tally, the environment mpirun needs here (root, pml ob1), and the
-passkey document the service tests and `make demo` ask about."""
+passkey document the service tests and `make demo` ask about, and a
+`headwise serve` (or `mpirun ... headwise serve`) process to test against."""
 import os
+import re
+import signal
+import subprocess
+import time
 
 _tally = {"passed": 0, "failed": 0}
 
@@ -53,3 +58,40 @@ def parse_args():
         print(f"SKIP: {a.model} not found: run scripts/fetch-model")
         return None
     return a
+
+
+class Server:
+    """`headwise serve --listen 127.0.0.1:0 ARGS` (under `mpirun -np N` when
+    mpi_ranks), in its own process group; `address` is set once it printed
+    its port (None if it never did within 120 s)."""
+
+    def __init__(self, hw, args, log, mpi_ranks=0, mpi_args=()):
+        cmd = [hw, "serve", "--listen", "127.0.0.1:0", *args]
+        if mpi_ranks:
+            cmd = ["mpirun", *mpi_args, "-np", str(mpi_ranks), *cmd]
+        self.log = log
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"),
+                                     env=mpi_env(), start_new_session=True)
+        self.address = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            m = re.search(r"\(port (\d+)\)", open(log).read())
+            if m:
+                self.address = f"127.0.0.1:{m.group(1)}"
+                break
+            time.sleep(0.1)
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return None
+
+
+def run(*cmd, timeout=600):
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
