@@ -590,6 +590,12 @@ absl::Status KvStore::Demote(const std::vector<cluster::Demotion>& demotions) {
   if (demotions.empty()) return absl::OkStatus();
   std::vector<std::vector<cluster::Demotion>> remote(distributed() ? options_.transport->size()
                                                                    : 1);
+  // A prefetch of the next layer may be reading a block about to leave the
+  // host (and its staged item would no longer match that layer's lists).
+  if (staged_.ticket != 0) {
+    if (absl::Status s = device_->Wait(staged_.ticket); !s.ok()) return s;
+  }
+  staged_ = StagedCopy();
   for (const cluster::Demotion& d : demotions) {
     Block& block = *blocks_[d.layer][d.kv_head][d.block];
     if (d.rank == 0) {
