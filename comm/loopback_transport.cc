@@ -137,22 +137,40 @@ absl::Status FaultyTransport::Inject(int rank) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<RmaTicket> FaultyTransport::Track(int rank, absl::StatusOr<RmaTicket> ticket) {
+  if (ticket.ok() && rank == plan_.rank && plan_.polls_before_done > 0) {
+    late_[*ticket] = plan_.polls_before_done;
+  }
+  return ticket;
+}
+
 absl::StatusOr<RmaTicket> FaultyTransport::PostGets(int rank, std::vector<RmaItem> items) {
   if (absl::Status s = Inject(rank); !s.ok()) return s;
-  return inner_.PostGets(rank, std::move(items));
+  return Track(rank, inner_.PostGets(rank, std::move(items)));
 }
 
 absl::StatusOr<RmaTicket> FaultyTransport::PostPuts(int rank, std::vector<RmaItem> items) {
   if (absl::Status s = Inject(rank); !s.ok()) return s;
-  return inner_.PostPuts(rank, std::move(items));
+  return Track(rank, inner_.PostPuts(rank, std::move(items)));
 }
 
 absl::StatusOr<RmaTicket> FaultyTransport::PostCall(int rank, std::vector<std::byte> request,
                                                     std::vector<std::byte>* reply) {
   if (absl::Status s = Inject(rank); !s.ok()) return s;
-  return inner_.PostCall(rank, std::move(request), reply);
+  return Track(rank, inner_.PostCall(rank, std::move(request), reply));
 }
 
-absl::Status FaultyTransport::Wait(RmaTicket ticket) { return inner_.Wait(ticket); }
+bool FaultyTransport::Poll(RmaTicket ticket) {
+  if (auto it = late_.find(ticket); it != late_.end() && it->second > 0) {
+    --it->second;
+    return false;
+  }
+  return inner_.Poll(ticket);
+}
+
+absl::Status FaultyTransport::Wait(RmaTicket ticket) {
+  late_.erase(ticket);
+  return inner_.Wait(ticket);
+}
 
 }  // namespace headwise::comm

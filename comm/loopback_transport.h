@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <unordered_map>
 #include <vector>
 
 #include "comm/kv_transport.h"
@@ -42,6 +43,9 @@ struct FaultPlan {
   int rank = -1;                                // the peer affected
   int64_t fail_after = -1;                      // ops to it that succeed first (-1: never fail)
   absl::Duration delay = absl::ZeroDuration();  // added to every op to it
+  // Poll reports an op to it done only after this many polls (a slow link:
+  // puts land late); Wait still waits for it.
+  int32_t polls_before_done = 0;
 };
 
 class FaultyTransport final : public KvTransport {
@@ -57,7 +61,7 @@ class FaultyTransport final : public KvTransport {
   absl::StatusOr<RmaTicket> PostPuts(int rank, std::vector<RmaItem> items) override;
   absl::StatusOr<RmaTicket> PostCall(int rank, std::vector<std::byte> request,
                                      std::vector<std::byte>* reply) override;
-  bool Poll(RmaTicket ticket) override { return inner_.Poll(ticket); }
+  bool Poll(RmaTicket ticket) override;
   absl::Status Wait(RmaTicket ticket) override;
   absl::Status Serve(const CallHandler& handler) override { return inner_.Serve(handler); }
   PeerTraffic traffic(int rank) const override { return inner_.traffic(rank); }
@@ -68,8 +72,12 @@ class FaultyTransport final : public KvTransport {
   // OK, or the injected failure for an op to `rank` (after the delay).
   absl::Status Inject(int rank);
 
+  // Records an op to plan_.rank for polls_before_done.
+  absl::StatusOr<RmaTicket> Track(int rank, absl::StatusOr<RmaTicket> ticket);
+
   KvTransport& inner_;
   FaultPlan plan_;
+  std::unordered_map<RmaTicket, int32_t> late_;  // ticket -> polls still to fail
   int64_t ops_ = 0;
   int64_t injected_failures_ = 0;
 };

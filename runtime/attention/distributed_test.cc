@@ -204,6 +204,33 @@ TEST_F(DistributedTest, FullPoolsSpillAndAFullClusterIsResourceExhausted) {
   EXPECT_EQ(run.status().code(), absl::StatusCode::kResourceExhausted) << run.status();
 }
 
+TEST_F(DistributedTest, ASlowLinkHoldsAppendsBackInsteadOfFailingThem) {
+  // Blocks on their way to rank 1 hold host blocks until their puts land:
+  // filling a store faster than the link drains it (Append + Seal, no
+  // attention in between) waits for the puts instead of failing.
+  const int64_t block = BlockBytes();
+  World world(2, int64_t{64} << 20);
+  comm::FaultyTransport slow(world.loopback.transport(0), {.rank = 1, .polls_before_done = 1000});
+  kv::KvStoreOptions options = Options(cpu_);
+  options.transport = &slow;
+  options.host_budget_bytes = 60 * block;  // 39 for open blocks and tails
+  options.placement = cluster::PlacementPolicy::kStriped;
+  auto store = kv::KvStore::Create(options);
+  ASSERT_TRUE(store.ok()) << store.status();
+  const kv::KvGeometry& g = options.geometry;
+  const std::vector<float> kv(size_t(kChunk) * g.n_kv_heads * g.head_dim, 0.25f);
+  for (int chunk = 0; chunk < 4; ++chunk) {
+    for (int32_t layer = 0; layer < g.n_layers; ++layer) {
+      absl::Status s =
+          (*store)->Append(layer, kv.data(), kv.data(), kChunk, int64_t(g.n_kv_heads) * g.head_dim);
+      ASSERT_TRUE(s.ok()) << "chunk " << chunk << ": " << s;
+      ASSERT_TRUE((*store)->Seal(layer).ok());
+    }
+  }
+  EXPECT_EQ((*store)->length(), 4 * kChunk);
+  EXPECT_LE((*store)->tier_stats(kv::Tier::kHost).peak_bytes, 60 * block);
+}
+
 TEST_F(DistributedTest, ALostRankIsUnavailableNamingIt) {
   for (cluster::ExecMode mode : {cluster::ExecMode::kPull, cluster::ExecMode::kDelegate}) {
     World world(3, int64_t{64} << 20);

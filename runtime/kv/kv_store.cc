@@ -82,7 +82,17 @@ KvStore::~KvStore() {
 
 absl::StatusOr<uint8_t*> KvStore::AcquireHostBlock() {
   const int64_t bytes = geometry_.BlockBytes();
-  if (host_stats_.budget_bytes > 0 && host_stats_.used_bytes + bytes > host_stats_.budget_bytes) {
+  auto full = [&] {
+    return host_stats_.budget_bytes > 0 &&
+           host_stats_.used_bytes + bytes > host_stats_.budget_bytes;
+  };
+  // Blocks on their way to other ranks hold host blocks until their puts
+  // land (a slow link during a long prefill): wait for those first.
+  if (full() && std::any_of(in_flight_.begin(), in_flight_.end(),
+                            [](const Block* b) { return b->tier == Tier::kRemote; })) {
+    if (absl::Status s = AwaitRemoteHomes(); !s.ok()) return s;
+  }
+  if (full()) {
     return absl::ResourceExhaustedError(
         absl::StrCat("host KV pool full: ", Bytes(host_stats_.used_bytes), " of ",
                      Bytes(host_stats_.budget_bytes), " in use, a block needs ", Bytes(bytes),

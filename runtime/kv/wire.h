@@ -39,6 +39,12 @@ class WireWriter {
   void Put(const T& value) {
     PutArray(&value, 1);
   }
+  // GCC 12 at -O2/-O3 sees a copy into a vector it believes empty and
+  // warns (stringop-overflow, restrict: known false positives of its value
+  // ranges after inlining).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wstringop-overflow"
+#pragma GCC diagnostic ignored "-Wrestrict"
   template <typename T>
   void PutArray(const T* data, size_t n) {
     if (n == 0) return;
@@ -46,6 +52,7 @@ class WireWriter {
     bytes_.resize(at + n * sizeof(T));
     std::memcpy(bytes_.data() + at, data, n * sizeof(T));
   }
+#pragma GCC diagnostic pop
   void PutString(const std::string& s) {
     Put(static_cast<uint32_t>(s.size()));
     PutArray(s.data(), s.size());
