@@ -450,7 +450,10 @@ absl::Status DiskPool::Stream(std::span<const int64_t> slots, int64_t window_byt
   if (slots.empty()) return absl::OkStatus();
   const int64_t block = options_.block_bytes;
   const size_t n = slots.size();
-  const size_t batch = std::min<size_t>(n, std::max<int64_t>(1, window_bytes / 2 / block));
+  // A batch is at most a queue's worth: the next one is all in flight while
+  // the consumer works on this one.
+  const size_t batch = std::min<size_t>(
+      {n, size_t(std::max<int64_t>(1, window_bytes / 2 / block)), size_t(options_.queue_depth)});
   if (int64_t(batch) > kInt64Max / 2 / stride_) {
     return absl::InvalidArgumentError(absl::StrCat("Stream: window ", window_bytes, " too large"));
   }

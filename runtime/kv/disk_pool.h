@@ -52,7 +52,7 @@ struct DiskPoolOptions {
   int64_t capacity_bytes = 0;  // rounded down to whole blocks; < 1 block -> InvalidArgument
   int64_t block_bytes = 0;     // bytes of one block (K then V); any positive size
   int32_t rank = 0;            // names the files and appears in errors
-  int32_t queue_depth = 32;    // io_uring SQ entries / max I/Os in flight
+  int32_t queue_depth = 128;   // io_uring SQ entries / max I/Os in flight
   int64_t file_bytes = int64_t{1} << 30;  // blocks live in preallocated files of up to this size
   // Try O_DIRECT (false: buffered I/O, as on a filesystem that refuses it).
   bool direct_io = true;
@@ -127,9 +127,10 @@ class DiskPool {
 
   // Streams `slots` in order through a read-ahead window of ~window_bytes,
   // split in two ping-pong halves of batch = max(1, window_bytes / 2 /
-  // block_bytes) blocks (capped at slots.size()): while the caller consumes
-  // batch i, batch i+1's reads are in flight (up to queue_depth at a time).
-  // Batch boundaries depend only on (slots.size(), window_bytes, block_bytes).
+  // block_bytes) blocks (capped at slots.size() and queue_depth): while the
+  // caller consumes batch i, all of batch i+1's reads are in flight.
+  // Batch boundaries depend only on (slots.size(), window_bytes, block_bytes,
+  // queue_depth).
   // `consume(first, n, data)` runs on the calling thread, in order, once per
   // batch, with blocks [first, first+n) of `slots` packed in `data` at stride
   // block_bytes() (blocks whose size is not a multiple of 4096 are read into
