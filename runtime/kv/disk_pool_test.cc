@@ -4,6 +4,7 @@
 // as DataLoss naming the block and offset, and bad options. Fresh random
 // block contents each run (the seed is printed on failure).
 #include "runtime/kv/disk_pool.h"
+#include "runtime/kv/block_file.h"
 
 #include <fcntl.h>
 #include <stdlib.h>

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "cluster/placement.h"
 #include "comm/kv_transport.h"
+#include "runtime/kv/block_file.h"
 #include "runtime/kv/disk_pool.h"
 #include "runtime/kv/wire.h"
 
