@@ -314,7 +314,8 @@ int RunStatus(const std::string& server, bool wait_ready, double wait_seconds) {
     std::string disk;
     if (const auto d = rank.tiers().find("disk"); d != rank.tiers().end()) {
       char text[128];
-      std::snprintf(text, sizeof(text), ", disk KV %.1f MiB (peak %.1f MiB, read %.1f MiB at %.2f GB/s)",
+      std::snprintf(text, sizeof(text),
+                    ", disk KV %.1f MiB (peak %.1f MiB, read %.1f MiB at %.2f GB/s)",
                     d->second.used_bytes() / 1048576.0, d->second.peak_bytes() / 1048576.0,
                     d->second.bytes_read() / 1048576.0, d->second.read_gbps());
       disk = text;
