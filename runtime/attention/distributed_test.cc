@@ -112,6 +112,21 @@ class DistributedTest : public ::testing::Test {
     std::vector<std::unique_ptr<MemoryRank>> ranks;
   };
 
+  // Store options on `world` (its first `size` ranks; 1: no transport) with
+  // a `host_blocks` host budget and a disk tier of `disk` on every rank.
+  static kv::KvStoreOptions DiskOptions(World& world, int size, int64_t host_blocks,
+                                        const kv::DiskTierOptions& disk) {
+    kv::KvStoreOptions options = Options(cpu_);
+    options.host_budget_bytes = host_blocks * BlockBytes();
+    options.disk = disk;
+    if (size > 1) {
+      options.transport = &world.loopback.transport(0);
+      options.costs.ranks.resize(size);
+      for (cluster::RankProbe& probe : options.costs.ranks) probe.disk_bytes = disk.bytes;
+    }
+    return options;
+  }
+
   static inline runtime::ThreadPool* pool_ = nullptr;
   static inline std::vector<uint8_t>* image_ = nullptr;
   static inline model::LlamaModel* llm_ = nullptr;
@@ -386,14 +401,7 @@ TEST_F(DistributedTest, TruncatingIntoADiskBlockReadsItBack) {
   const int64_t block = BlockBytes();
   for (int size : {1, 3}) {
     World world(size, 4 * block, {dir.path(), 512 * block});
-    kv::KvStoreOptions options = Options(cpu_);
-    options.host_budget_bytes = 45 * block;
-    options.disk = {dir.path(), 512 * block};
-    if (size > 1) {
-      options.transport = &world.loopback.transport(0);
-      options.costs.ranks.resize(size);
-      for (cluster::RankProbe& probe : options.costs.ranks) probe.disk_bytes = 512 * block;
-    }
+    const kv::KvStoreOptions options = DiskOptions(world, size, 45, {dir.path(), 512 * block});
     auto store = kv::KvStore::Create(options);
     ASSERT_TRUE(store.ok()) << store.status();
     std::vector<float> logits;
@@ -422,15 +430,8 @@ TEST_F(DistributedTest, ACorruptDiskBlockIsDataLossNamingIt) {
   for (int size : {1, 2}) {
     TempDir dir;
     World world(size, 4 * block, {dir.path(), 512 * block});
-    kv::KvStoreOptions options = Options(cpu_);
-    options.host_budget_bytes = 45 * block;
-    options.disk = {dir.path(), 512 * block};
+    kv::KvStoreOptions options = DiskOptions(world, size, 45, {dir.path(), 512 * block});
     options.mode = cluster::ExecMode::kDelegate;
-    if (size > 1) {
-      options.transport = &world.loopback.transport(0);
-      options.costs.ranks.resize(size);
-      for (cluster::RankProbe& probe : options.costs.ranks) probe.disk_bytes = 512 * block;
-    }
     auto store = kv::KvStore::Create(options);
     ASSERT_TRUE(store.ok()) << store.status();
     std::vector<float> logits;
@@ -469,15 +470,8 @@ TEST_F(DistributedTest, ASnapshotRestoresTheSequenceWhereItWasSaved) {
     const std::string snapshot = dir.path() + "/session";
     const kv::DiskTierOptions disk{dir.path(), 512 * block};
     auto options_for = [&](World& world) {
-      kv::KvStoreOptions options = Options(cpu_);
-      options.host_budget_bytes = 50 * block;
-      options.disk = disk;
+      kv::KvStoreOptions options = DiskOptions(world, size, 50, disk);
       options.mode = cluster::ExecMode::kDelegate;
-      if (size > 1) {
-        options.transport = &world.loopback.transport(0);
-        options.costs.ranks.resize(size);
-        for (cluster::RankProbe& probe : options.costs.ranks) probe.disk_bytes = disk.bytes;
-      }
       return options;
     };
     std::vector<kv::SnapshotBlock> table;

@@ -55,6 +55,13 @@ bool GetBlocks(WireReader& in, int32_t n, std::vector<StoredBlock>* blocks) {
   return true;
 }
 
+// A snapshot call's body: path, header, blocks, nothing after.
+bool GetSnapshotCall(WireReader& in, std::string* path, int64_t* block_bytes, int32_t* n,
+                     std::vector<StoredBlock>* blocks) {
+  return in.GetString(path) && GetHeader(in, block_bytes, n) && GetBlocks(in, *n, blocks) &&
+         in.remaining() == 0;
+}
+
 absl::Status CallFor(comm::KvTransport& transport, int32_t rank, std::vector<std::byte> request,
                      std::vector<std::byte>* reply = nullptr) {
   absl::StatusOr<std::vector<std::byte>> got = Call(transport, rank, std::move(request));
@@ -167,10 +174,7 @@ absl::StatusOr<comm::CallReply> StorageRank::SnapshotSave(WireReader& in) {
   int64_t block_bytes = 0;
   int32_t n = 0;
   std::vector<StoredBlock> blocks;
-  if (!in.GetString(&path) || !GetHeader(in, &block_bytes, &n) || !GetBlocks(in, n, &blocks) ||
-      in.remaining() != 0) {
-    return Malformed("snapshot save");
-  }
+  if (!GetSnapshotCall(in, &path, &block_bytes, &n, &blocks)) return Malformed("snapshot save");
   absl::StatusOr<BlockFileWriter> file = BlockFileWriter::Create(path, block_bytes, n);
   if (!file.ok()) return file.status();
   std::vector<uint8_t> bounce(static_cast<size_t>(block_bytes));
@@ -197,10 +201,7 @@ absl::StatusOr<comm::CallReply> StorageRank::SnapshotLoad(WireReader& in) {
   int64_t block_bytes = 0;
   int32_t n = 0;
   std::vector<StoredBlock> blocks;
-  if (!in.GetString(&path) || !GetHeader(in, &block_bytes, &n) || !GetBlocks(in, n, &blocks) ||
-      in.remaining() != 0) {
-    return Malformed("snapshot load");
-  }
+  if (!GetSnapshotCall(in, &path, &block_bytes, &n, &blocks)) return Malformed("snapshot load");
   absl::StatusOr<BlockFileReader> file = BlockFileReader::Open(path);
   if (!file.ok()) return file.status();
   if (file->block_bytes() != block_bytes || file->n_blocks() != n) {
