@@ -1,16 +1,25 @@
-// Blocking gRPC stubs over an insecure channel (the server binds 127.0.0.1
-// unless told otherwise). The prefill progress bar redraws one stderr line.
+// Blocking gRPC stubs over a plaintext channel (the server binds 127.0.0.1
+// unless told otherwise) or TLS; the bearer token rides in each call's
+// metadata, since gRPC sends call credentials over TLS only and a token
+// server without TLS takes loopback peers. The prefill progress bar redraws
+// one stderr line.
 #include "launcher/client.h"
 
 #include <grpcpp/grpcpp.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "headwise/v1/inference.grpc.pb.h"
 #include "nlohmann/json.hpp"
@@ -41,13 +50,67 @@ int Fail(const char* command, const grpc::Status& status) {
   const int code = static_cast<int>(status.error_code());
   std::cerr << "headwise " << command << ": " << (code >= 0 && code <= 16 ? kNames[code] : "?")
             << ": " << status.error_message() << "\n";
+  if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+    std::cerr << "headwise " << command
+              << ": give the server's token with --auth-token-file (or HEADWISE_AUTH_TOKEN_FILE)\n";
+  }
   return 1;
 }
 
-std::shared_ptr<grpc::Channel> Channel(const std::string& server) {
+int Fail(const char* command, const absl::Status& status) {
+  return Fail(command, grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                                    std::string(status.message())));
+}
+
+// A channel and the token its calls carry.
+struct Link {
+  std::shared_ptr<grpc::Channel> channel;
+  std::string authorization;  // "Bearer <token>", or empty
+
+  // Call before the RPC starts.
+  void Sign(grpc::ClientContext& context) const {
+    if (!authorization.empty()) context.AddMetadata("authorization", authorization);
+  }
+};
+
+absl::StatusOr<Link> Connect(const Connection& connection) {
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (connection.tls || !connection.tls_ca.empty()) {
+    grpc::SslCredentialsOptions tls;  // empty roots: the system's
+    if (!connection.tls_ca.empty()) {
+      absl::StatusOr<std::string> roots = ReadPemFile("--tls-ca", connection.tls_ca);
+      if (!roots.ok()) return roots.status();
+      tls.pem_root_certs = std::move(*roots);
+    }
+    credentials = grpc::SslCredentials(tls);
+  }
+  Link link;
+  if (!connection.auth_token_file.empty()) {
+    absl::StatusOr<std::string> token =
+        ReadTokenFile("--auth-token-file", connection.auth_token_file);
+    if (!token.ok()) return token.status();
+    link.authorization = "Bearer " + *token;
+  }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  return grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args);
+  link.channel = grpc::CreateCustomChannel(connection.server, credentials, args);
+  return link;
+}
+
+absl::StatusOr<std::string> ReadWholeFile(std::string_view flag, const std::string& path) {
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(path, error)) {
+    return absl::NotFoundError(absl::StrCat("cannot read the ", std::string(flag), " file ", path,
+                                            ": ", error ? error.message() : "not a regular file"));
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  if (in) text << in.rdbuf();
+  if (!in || in.bad()) {
+    return absl::PermissionDeniedError(absl::StrCat("cannot read the ", std::string(flag), " file ",
+                                                    path, ": ", std::string(std::strerror(errno))));
+  }
+  return text.str();
 }
 
 void FillSampling(const RemoteSampling& r, v1::SamplingParams* s) {
@@ -115,8 +178,38 @@ void PrintFigures(const v1::GenerateResponse::Final& final) {
 
 }  // namespace
 
+absl::StatusOr<std::string> ReadTokenFile(std::string_view flag, const std::string& path) {
+  absl::StatusOr<std::string> text = ReadWholeFile(flag, path);
+  if (!text.ok()) return text.status();
+  const std::string token(absl::StripAsciiWhitespace(text->substr(0, text->find('\n'))));
+  if (token.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(std::string(flag), " file ", path,
+                                                   " is empty (the token goes on its first line)"));
+  }
+  for (char c : token) {
+    if (c < 0x20 || c > 0x7e) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(std::string(flag), " file ", path,
+                       ": the token must be printable ASCII (it travels as an HTTP/2 header)"));
+    }
+  }
+  return token;
+}
+
+absl::StatusOr<std::string> ReadPemFile(std::string_view flag, const std::string& path) {
+  absl::StatusOr<std::string> text = ReadWholeFile(flag, path);
+  if (!text.ok()) return text.status();
+  if (!absl::StrContains(*text, "-----BEGIN ")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(flag), " file ", path, " is not PEM (no -----BEGIN line)"));
+  }
+  return text;
+}
+
 int RunRemoteGenerate(const RemoteGenerateRequest& r) {
-  auto stub = v1::Inference::NewStub(Channel(r.server));
+  absl::StatusOr<Link> link = Connect(r.connection);
+  if (!link.ok()) return Fail("generate", link.status());
+  auto stub = v1::Inference::NewStub(link->channel);
   v1::GenerateRequest request;
   if (r.chat) {
     v1::ChatMessages* chat = request.mutable_chat();
@@ -133,6 +226,7 @@ int RunRemoteGenerate(const RemoteGenerateRequest& r) {
   }
   FillSampling(r, request.mutable_sampling());
   grpc::ClientContext context;
+  link->Sign(context);
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
       stub->Generate(&context, request);
   v1::GenerateResponse::Final final;
@@ -150,7 +244,9 @@ int RunRemoteGenerate(const RemoteGenerateRequest& r) {
 }
 
 int RunAsk(const AskRequest& r) {
-  auto stub = v1::Inference::NewStub(Channel(r.server));
+  absl::StatusOr<Link> link = Connect(r.connection);
+  if (!link.ok()) return Fail("ask", link.status());
+  auto stub = v1::Inference::NewStub(link->channel);
   std::string session = r.session;
   if (session.empty()) {
     std::string document;
@@ -165,6 +261,7 @@ int RunAsk(const AskRequest& r) {
       document = text.str();
     }
     grpc::ClientContext context;
+    link->Sign(context);
     auto stream = stub->OpenSession(&context);
     constexpr size_t kChunk = size_t{1} << 20;
     if (!r.server_file.empty()) {
@@ -213,6 +310,7 @@ int RunAsk(const AskRequest& r) {
   ask.set_question(r.question);
   FillSampling(r, ask.mutable_sampling());
   grpc::ClientContext context;
+  link->Sign(context);
   if (r.timeout_seconds > 0) {
     context.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::milliseconds(static_cast<int64_t>(r.timeout_seconds * 1000)));
@@ -231,15 +329,18 @@ int RunAsk(const AskRequest& r) {
     if (r.keep_session) {
       std::fprintf(stderr, "session: %s\n", session.c_str());
     } else if (!session.empty()) {
-      code = std::max(code, RunCloseSession(r.server, session));
+      code = std::max(code, RunCloseSession(r.connection, session));
     }
   }
   return code;
 }
 
-int RunCloseSession(const std::string& server, const std::string& session, bool persist) {
-  auto stub = v1::Inference::NewStub(Channel(server));
+int RunCloseSession(const Connection& connection, const std::string& session, bool persist) {
+  absl::StatusOr<Link> link = Connect(connection);
+  if (!link.ok()) return Fail("close", link.status());
+  auto stub = v1::Inference::NewStub(link->channel);
   grpc::ClientContext context;
+  link->Sign(context);
   v1::CloseSessionRequest request;
   request.set_session_id(session);
   request.set_persist(persist);
@@ -248,8 +349,11 @@ int RunCloseSession(const std::string& server, const std::string& session, bool 
   return status.ok() ? 0 : Fail("close", status);
 }
 
-int RunStatus(const std::string& server, bool wait_ready, double wait_seconds) {
-  std::shared_ptr<grpc::Channel> channel = Channel(server);
+int RunStatus(const Connection& connection, bool wait_ready, double wait_seconds) {
+  absl::StatusOr<Link> link = Connect(connection);
+  if (!link.ok()) return Fail("status", link.status());
+  const std::string& server = connection.server;
+  std::shared_ptr<grpc::Channel> channel = link->channel;
   auto health = grpc::health::v1::Health::NewStub(channel);
   const auto give_up =
       std::chrono::steady_clock::now() +
@@ -276,6 +380,7 @@ int RunStatus(const std::string& server, bool wait_ready, double wait_seconds) {
   v1::ModelInfo info;
   {
     grpc::ClientContext context;
+    link->Sign(context);
     status = stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info);
     if (!status.ok()) return Fail("status", status);
   }
@@ -286,6 +391,7 @@ int RunStatus(const std::string& server, bool wait_ready, double wait_seconds) {
   v1::ListSessionsResponse sessions;
   {
     grpc::ClientContext context;
+    link->Sign(context);
     status = stub->ListSessions(&context, v1::ListSessionsRequest(), &sessions);
     if (!status.ok()) return Fail("status", status);
   }
@@ -296,6 +402,7 @@ int RunStatus(const std::string& server, bool wait_ready, double wait_seconds) {
   v1::ClusterStats cluster;
   {
     grpc::ClientContext context;
+    link->Sign(context);
     status = stub->GetClusterStats(&context, v1::GetClusterStatsRequest(), &cluster);
     if (!status.ok()) return Fail("status", status);
   }

@@ -5,9 +5,35 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "absl/status/statusor.h"
+
+namespace CLI {
+class App;
+}
+
 namespace headwise::launcher {
+
+// Where a client connects and how: plaintext unless `tls` or `tls_ca`; with
+// `auth_token_file` every RPC carries `authorization: Bearer <token>`.
+struct Connection {
+  std::string server;           // host:port
+  bool tls = false;             // TLS, trusting the system's roots
+  std::string tls_ca;           // TLS, trusting this PEM file (a self-signed server)
+  std::string auth_token_file;  // the server's token (ReadTokenFile)
+};
+
+// --tls, --tls-ca, --auth-token-file (--server is each command's own).
+void AddConnectionOptions(CLI::App& cmd, Connection& connection);
+
+// The credential files `serve` and the clients read. A token file holds the
+// token on its first line (surrounding whitespace dropped); empty is
+// InvalidArgument. A PEM file must hold a -----BEGIN block. Errors name
+// `flag` and the file.
+absl::StatusOr<std::string> ReadTokenFile(std::string_view flag, const std::string& path);
+absl::StatusOr<std::string> ReadPemFile(std::string_view flag, const std::string& path);
 
 struct RemoteSampling {
   int32_t max_tokens = 128;
@@ -22,7 +48,7 @@ struct RemoteSampling {
 };
 
 struct RemoteGenerateRequest : RemoteSampling {
-  std::string server;
+  Connection connection;
   std::string prompt;
   std::string system;
   bool chat = false;
@@ -31,7 +57,7 @@ struct RemoteGenerateRequest : RemoteSampling {
 int RunRemoteGenerate(const RemoteGenerateRequest& request);
 
 struct AskRequest : RemoteSampling {
-  std::string server;
+  Connection connection;
   std::string file;         // a document to open a session on (streamed), or
   std::string server_file;  // a path under the server's --context-dir, or
   std::string session;      // an open session
@@ -42,9 +68,10 @@ struct AskRequest : RemoteSampling {
 int RunAsk(const AskRequest& request);
 
 // Readiness, the model, sessions and every rank's figures.
-int RunStatus(const std::string& server, bool wait_ready, double wait_seconds);
+// The health check needs no token; the rest does when the server has one.
+int RunStatus(const Connection& connection, bool wait_ready, double wait_seconds);
 
 // CloseSession.
-int RunCloseSession(const std::string& server, const std::string& session, bool persist = false);
+int RunCloseSession(const Connection& connection, const std::string& session, bool persist = false);
 
 }  // namespace headwise::launcher

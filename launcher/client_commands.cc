@@ -24,12 +24,23 @@ void AddSampling(CLI::App& cmd, RemoteSampling& s) {
 
 }  // namespace
 
+void AddConnectionOptions(CLI::App& cmd, Connection& connection) {
+  cmd.add_flag("--tls", connection.tls, "Connect over TLS, trusting the system's roots");
+  cmd.add_option("--tls-ca", connection.tls_ca,
+                 "Connect over TLS, trusting this PEM file (e.g. a self-signed server's cert)");
+  cmd.add_option("--auth-token-file", connection.auth_token_file,
+                 "Send the bearer token on this file's first line (the server's "
+                 "--auth-token-file)");
+}
+
 void RegisterClientCommands(CLI::App& app, CommandRunner& run) {
   auto ask = std::make_shared<AskRequest>();
-  ask->server = kDefaultServer;
+  ask->connection.server = kDefaultServer;
   CLI::App* cmd = app.add_subcommand(
       "ask", "Ask a question about a document (--file) or an open session (--session)");
-  cmd->add_option("--server", ask->server, "headwise server host:port")->capture_default_str();
+  cmd->add_option("--server", ask->connection.server, "headwise server host:port")
+      ->capture_default_str();
+  AddConnectionOptions(*cmd, ask->connection);
   auto* file = cmd->add_option("-f,--file", ask->file,
                                "Document to open a session on (streamed; closed afterwards "
                                "unless --keep-session)");
@@ -51,35 +62,44 @@ void RegisterClientCommands(CLI::App& app, CommandRunner& run) {
     run = [ask] { return RunAsk(*ask); };
   });
 
-  auto status = std::make_shared<std::tuple<std::string, bool, double>>(kDefaultServer, false, 60);
+  struct StatusFlags {
+    Connection connection;
+    bool wait = false;
+    double wait_seconds = 60;
+  };
+  auto status = std::make_shared<StatusFlags>();
+  status->connection.server = kDefaultServer;
   CLI::App* st = app.add_subcommand(
       "status", "A server's readiness, model, sessions and every rank's KV and traffic");
-  st->add_option("--server", std::get<0>(*status), "headwise server host:port")
+  st->add_option("--server", status->connection.server, "headwise server host:port")
       ->capture_default_str();
-  st->add_flag("--wait", std::get<1>(*status), "Wait until the server is ready (exit 1 if not)");
-  st->add_option("--wait-seconds", std::get<2>(*status), "How long --wait waits")
+  AddConnectionOptions(*st, status->connection);
+  st->add_flag("--wait", status->wait, "Wait until the server is ready (exit 1 if not)");
+  st->add_option("--wait-seconds", status->wait_seconds, "How long --wait waits")
       ->capture_default_str();
   AddEnvTwins(*st);
   st->callback([status, &run] {
-    run = [status] {
-      return RunStatus(std::get<0>(*status), std::get<1>(*status), std::get<2>(*status));
-    };
+    run = [status] { return RunStatus(status->connection, status->wait, status->wait_seconds); };
   });
 
-  auto close =
-      std::make_shared<std::tuple<std::string, std::string, bool>>(kDefaultServer, "", false);
+  struct CloseFlags {
+    Connection connection;
+    std::string session;
+    bool persist = false;
+  };
+  auto close = std::make_shared<CloseFlags>();
+  close->connection.server = kDefaultServer;
   CLI::App* cl = app.add_subcommand("close", "Close an open session");
-  cl->add_option("--server", std::get<0>(*close), "headwise server host:port")
+  cl->add_option("--server", close->connection.server, "headwise server host:port")
       ->capture_default_str();
-  cl->add_option("session", std::get<1>(*close), "The session's id")->required();
-  cl->add_flag("--persist", std::get<2>(*close),
+  AddConnectionOptions(*cl, close->connection);
+  cl->add_option("session", close->session, "The session's id")->required();
+  cl->add_flag("--persist", close->persist,
                "Save the session first (the server's --snapshot-dir); `serve --restore` brings "
                "it back");
   AddEnvTwins(*cl);
   cl->callback([close, &run] {
-    run = [close] {
-      return RunCloseSession(std::get<0>(*close), std::get<1>(*close), std::get<2>(*close));
-    };
+    run = [close] { return RunCloseSession(close->connection, close->session, close->persist); };
   });
 }
 

@@ -44,7 +44,7 @@ struct GenerateFlags {
   bool ignore_eos = false;
   std::string stats_json;
   std::string dump_logits;
-  std::string server;  // client mode: ask this headwise server instead
+  Connection remote;  // client mode (--server): ask this headwise server instead
 };
 
 int Fail(const absl::Status& status) { return launcher::Fail("generate", status); }
@@ -172,9 +172,9 @@ int RunGenerate(const GenerateFlags& flags) {
     text << in.rdbuf();
     prompt = text.str();
   }
-  if (!flags.server.empty()) {
+  if (!flags.remote.server.empty()) {
     RemoteGenerateRequest request;
-    request.server = flags.server;
+    request.connection = flags.remote;
     request.prompt = prompt;
     request.system = flags.system;
     request.chat = flags.chat;
@@ -309,8 +309,9 @@ void RegisterGenerateCommand(CLI::App& app, CommandRunner& run) {
   CLI::App* cmd = app.add_subcommand(
       "generate", "Generate text from a prompt (one process, or distributed under mpirun/srun)");
   AddRuntimeOptions(*cmd, flags->runtime);
-  cmd->add_option("--server", flags->server,
+  cmd->add_option("--server", flags->remote.server,
                   "Ask this headwise server (host:port) instead of running the model here");
+  AddConnectionOptions(*cmd, flags->remote);
   auto* prompt = cmd->add_option("-p,--prompt", flags->prompt, "Prompt text");
   auto* file = cmd->add_option("-f,--file", flags->prompt_file, "Read the prompt from a file");
   prompt->excludes(file);

@@ -3,6 +3,8 @@
 // ranks. Health and reflection answer while the model loads (readiness
 // NOT_SERVING). SIGINT/SIGTERM drain: readiness goes NOT_SERVING, running
 // requests get --drain seconds, memory ranks are stopped, the job ends.
+// --tls-cert/--tls-key and --auth-token-file guard the endpoint; the
+// inter-rank network is trusted like MPI's (README "Serving").
 #include <signal.h>
 #include <unistd.h>
 
@@ -11,6 +13,9 @@
 #include <iostream>
 #include <thread>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "launcher/client.h"
 #include "launcher/commands.h"
 #include "launcher/options.h"
 #include "launcher/runtime_setup.h"
@@ -31,11 +36,59 @@ struct ServeFlags {
   bool restore = false;
   int32_t max_queue = 16;
   double drain = 5;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string auth_token_file;
 };
 
 int Fail(const absl::Status& status) { return launcher::Fail("serve", status); }
 
 int g_stop_pipe[2] = {-1, -1};
+
+// Loopback or a unix socket: where a token may travel without TLS.
+bool IsLocalAddress(const std::string& listen) {
+  if (absl::StartsWith(listen, "unix:")) return true;
+  std::string host = listen.substr(0, listen.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
+
+// The flag pairs every rank checks alike before the job starts; the files
+// are read on rank 0 only (memory ranks may not have them).
+absl::Status CheckSecurityFlags(const ServeFlags& flags) {
+  if (!flags.tls_cert.empty() && flags.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert needs --tls-key (the certificate's private key)");
+  }
+  if (flags.tls_cert.empty() && !flags.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls-key needs --tls-cert (the certificate it belongs to)");
+  }
+  if (!flags.auth_token_file.empty() && flags.tls_cert.empty() && !IsLocalAddress(flags.listen)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--auth-token-file on ", flags.listen,
+                     " needs --tls-cert/--tls-key: without TLS the token would cross the network "
+                     "in plaintext (only a loopback --listen may go without)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadSecurityFiles(const ServeFlags& flags, service::ServerOptions& options) {
+  if (!flags.tls_cert.empty()) {
+    absl::StatusOr<std::string> cert = ReadPemFile("--tls-cert", flags.tls_cert);
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadPemFile("--tls-key", flags.tls_key);
+    if (!key.ok()) return key.status();
+    options.tls_cert_pem = std::move(*cert);
+    options.tls_key_pem = std::move(*key);
+  }
+  if (!flags.auth_token_file.empty()) {
+    absl::StatusOr<std::string> token = ReadTokenFile("--auth-token-file", flags.auth_token_file);
+    if (!token.ok()) return token.status();
+    options.auth_token = std::move(*token);
+  }
+  return absl::OkStatus();
+}
 
 std::string Gib(int64_t bytes) {
   char text[32];
@@ -56,6 +109,7 @@ int RunServe(const ServeFlags& flags) {
   sigaction(SIGINT, &action, nullptr);
   sigaction(SIGTERM, &action, nullptr);
 
+  if (absl::Status s = CheckSecurityFlags(flags); !s.ok()) return Fail(s);
   absl::StatusOr<Runtime> started = StartRuntime(flags.runtime, "serve");
   if (!started.ok()) return Fail(started.status());
   Runtime& rt = *started;
@@ -71,6 +125,7 @@ int RunServe(const ServeFlags& flags) {
 
   service::ServerOptions server_options;
   server_options.listen = flags.listen;
+  if (absl::Status s = ReadSecurityFiles(flags, server_options); !s.ok()) return fail(s);
   absl::StatusOr<std::unique_ptr<service::Server>> server = service::Server::Start(server_options);
   if (!server.ok()) return fail(server.status());
   const std::string host = flags.listen.substr(0, flags.listen.rfind(':'));
@@ -111,7 +166,8 @@ int RunServe(const ServeFlags& flags) {
       "headwise serve: model %s (%s, %d layers, %d/%d heads), device %s, KV %s in "
       "%d-token blocks (%lld B/token)\n"
       "  ranks %d, placement %s, mode %s, peer timeout %.0f s, host pool %s per rank, "
-      "disk tier %s per rank%s%s, queue %d, context dir %s, snapshot dir %s\n"
+      "disk tier %s per rank%s%s, queue %d, context dir %s, snapshot dir %s, tls %s, auth "
+      "token %s\n"
       "  KV capacity: %lld tokens\n",
       info.name.c_str(), info.architecture.c_str(), int(info.n_layers), int(info.n_heads),
       int(info.n_kv_heads), flags.runtime.device.c_str(), flags.runtime.kv_dtype.c_str(),
@@ -122,6 +178,7 @@ int RunServe(const ServeFlags& flags) {
       rt.base.disk.bytes == 0 ? "" : " in ", rt.base.disk.dir.c_str(), flags.max_queue,
       flags.context_dir.empty() ? "(none)" : flags.context_dir.c_str(),
       flags.snapshot_dir.empty() ? "(none)" : flags.snapshot_dir.c_str(),
+      flags.tls_cert.empty() ? "off" : "on", flags.auth_token_file.empty() ? "off" : "on",
       static_cast<long long>(engine.MaxContextTokens()));
   (*server)->Attach(engine);
   std::fprintf(stderr, "headwise serve: ready\n");
@@ -166,6 +223,12 @@ void RegisterServeCommand(CLI::App& app, CommandRunner& run) {
   cmd->add_option("--drain", flags->drain,
                   "Seconds running requests get to finish on SIGINT/SIGTERM")
       ->capture_default_str();
+  cmd->add_option("--tls-cert", flags->tls_cert,
+                  "Serve TLS with this PEM certificate chain (needs --tls-key)");
+  cmd->add_option("--tls-key", flags->tls_key, "The PEM private key of --tls-cert");
+  cmd->add_option("--auth-token-file", flags->auth_token_file,
+                  "Require `authorization: Bearer <token>` (the file's first line) on every RPC "
+                  "but health checks; without TLS only on a loopback --listen");
   AddEnvTwins(*cmd);
   cmd->callback([flags, &run] { run = [flags] { return RunServe(*flags); }; });
 }

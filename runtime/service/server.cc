@@ -1,16 +1,21 @@
 // Sync gRPC service: each RPC runs on a gRPC thread and calls the Engine,
 // which serialises the model work. Streaming writes happen from inside the
-// engine's text/progress callbacks, on the same thread.
+// engine's text/progress callbacks, on the same thread. The bearer token is
+// checked by an AuthMetadataProcessor, which gRPC runs on the call's
+// metadata before dispatching it, so no handler (ours or reflection's) needs
+// its own check and a stream is refused before its first message.
 #include "runtime/service/server.h"
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/auth_metadata_processor.h>
 
 #include <atomic>
 #include <chrono>
 #include <mutex>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "headwise/v1/inference.grpc.pb.h"
 
@@ -41,10 +46,27 @@ std::function<absl::Status()> CancelCheck(grpc::ServerContext* context) {
   };
 }
 
-// Request fields -> engine options; proto3 zeros mean "default".
-absl::StatusOr<engine::RequestOptions> Options(const v1::SamplingParams& s,
-                                               const v1::Policy& policy,
-                                               grpc::ServerContext* context) {
+void FillTier(const kv::TierStats& tier, v1::TierUsage* out) {
+  out->set_used_bytes(static_cast<uint64_t>(tier.used_bytes));
+  out->set_peak_bytes(static_cast<uint64_t>(tier.peak_bytes));
+  out->set_budget_bytes(static_cast<uint64_t>(tier.budget_bytes));
+}
+
+void FillDisk(const kv::TierStats& tier, int64_t bytes_read, double read_seconds,
+              v1::TierUsage* out) {
+  FillTier(tier, out);
+  out->set_bytes_read(static_cast<uint64_t>(bytes_read));
+  out->set_read_gbps(read_seconds > 0 ? bytes_read / read_seconds / 1e9 : 0.0);
+}
+
+v1::FinishReason Reason(engine::FinishReason reason) {
+  return reason == engine::FinishReason::kStop ? v1::FINISH_REASON_STOP : v1::FINISH_REASON_LENGTH;
+}
+
+}  // namespace
+
+absl::StatusOr<engine::RequestOptions> RequestOptionsFrom(const v1::SamplingParams& s,
+                                                          const v1::Policy& policy) {
   if (!policy.name().empty() && policy.name() != "exact") {
     if (policy.name() == "hybrid" || policy.name() == "quantkv") {
       return absl::UnimplementedError(
@@ -73,28 +95,61 @@ absl::StatusOr<engine::RequestOptions> Options(const v1::SamplingParams& s,
   }
   options.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
   options.ignore_eos = s.ignore_eos();
-  options.check_cancel = CancelCheck(context);
   return options;
 }
 
-void FillTier(const kv::TierStats& tier, v1::TierUsage* out) {
-  out->set_used_bytes(static_cast<uint64_t>(tier.used_bytes));
-  out->set_peak_bytes(static_cast<uint64_t>(tier.peak_bytes));
-  out->set_budget_bytes(static_cast<uint64_t>(tier.budget_bytes));
+absl::StatusOr<engine::RequestOptions> ValidateGenerateRequest(const v1::GenerateRequest& request,
+                                                               int64_t vocab_size) {
+  absl::StatusOr<engine::RequestOptions> options =
+      RequestOptionsFrom(request.sampling(), request.policy());
+  if (!options.ok()) return options.status();
+  switch (request.input_case()) {
+    case v1::GenerateRequest::kText:
+      break;
+    case v1::GenerateRequest::kChat:
+      for (const v1::ChatMessage& m : request.chat().messages()) {
+        if (m.role().empty()) return absl::InvalidArgumentError("a chat message has no role");
+      }
+      if (request.chat().messages().empty()) {
+        return absl::InvalidArgumentError("no chat messages");
+      }
+      break;
+    case v1::GenerateRequest::kTokenIds:
+      for (int32_t id : request.token_ids().ids()) {
+        if (id < 0 || id >= vocab_size) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("token id ", id, " is outside the vocabulary of ", vocab_size));
+        }
+      }
+      break;
+    default:
+      return absl::InvalidArgumentError("no input: set text, chat or token_ids");
+  }
+  return options;
 }
 
-void FillDisk(const kv::TierStats& tier, int64_t bytes_read, double read_seconds,
-              v1::TierUsage* out) {
-  FillTier(tier, out);
-  out->set_bytes_read(static_cast<uint64_t>(bytes_read));
-  out->set_read_gbps(read_seconds > 0 ? bytes_read / read_seconds / 1e9 : 0.0);
+absl::StatusOr<engine::RequestOptions> ValidateAskRequest(const v1::AskRequest& request) {
+  return RequestOptionsFrom(request.sampling(), v1::Policy());
 }
 
-v1::FinishReason Reason(engine::FinishReason reason) {
-  return reason == engine::FinishReason::kStop ? v1::FINISH_REASON_STOP : v1::FINISH_REASON_LENGTH;
+absl::Status OpenSessionContext::Add(const v1::OpenSessionRequest& part) {
+  if (part.source_case() == v1::OpenSessionRequest::kContextPath) {
+    if (!text_.empty() || from_path_) {
+      return absl::InvalidArgumentError("give one context_path, or chunks, not both");
+    }
+    absl::StatusOr<std::string> file = read_file_(part.context_path());
+    if (!file.ok()) return file.status();
+    text_ = std::move(*file);
+    from_path_ = true;
+  } else if (part.source_case() == v1::OpenSessionRequest::kContextChunk) {
+    if (from_path_) return absl::InvalidArgumentError("give one context_path, or chunks, not both");
+    text_ += part.context_chunk();
+  }
+  if (!part.policy().name().empty() && part.policy().name() != "exact") {
+    return absl::UnimplementedError("only the exact policy is available for sessions");
+  }
+  return absl::OkStatus();
 }
-
-}  // namespace
 
 class InferenceService final : public v1::Inference::Service {
  public:
@@ -117,8 +172,9 @@ class InferenceService final : public v1::Inference::Service {
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override {
     if (grpc::Status s = CheckReady(); !s.ok()) return s;
     absl::StatusOr<engine::RequestOptions> options =
-        Options(request->sampling(), request->policy(), context);
+        ValidateGenerateRequest(*request, engine().model().info().vocab_size);
     if (!options.ok()) return Out(options.status());
+    options->check_cancel = CancelCheck(context);
     std::vector<int32_t> prompt;
     switch (request->input_case()) {
       case v1::GenerateRequest::kText:
@@ -127,28 +183,17 @@ class InferenceService final : public v1::Inference::Service {
       case v1::GenerateRequest::kChat: {
         std::vector<model::ChatMessage> messages;
         for (const v1::ChatMessage& m : request->chat().messages()) {
-          if (m.role().empty())
-            return Out(absl::InvalidArgumentError("a chat message has no role"));
           messages.push_back({m.role(), m.content()});
         }
-        if (messages.empty()) return Out(absl::InvalidArgumentError("no chat messages"));
         absl::StatusOr<std::vector<int32_t>> ids = engine().EncodeChat(messages);
         if (!ids.ok()) return Out(ids.status());
         prompt = std::move(*ids);
         break;
       }
-      case v1::GenerateRequest::kTokenIds: {
-        const int64_t vocab = engine().model().info().vocab_size;
-        for (int32_t id : request->token_ids().ids()) {
-          if (id < 0 || id >= vocab) {
-            return Out(absl::InvalidArgumentError(
-                absl::StrCat("token id ", id, " is outside the vocabulary of ", vocab)));
-          }
-          prompt.push_back(id);
-        }
+      case v1::GenerateRequest::kTokenIds:
+        prompt.assign(request->token_ids().ids().begin(), request->token_ids().ids().end());
         break;
-      }
-      default:
+      default:  // rejected by ValidateGenerateRequest
         return Out(absl::InvalidArgumentError("no input: set text, chat or token_ids"));
     }
     absl::StatusOr<engine::GenerateResult> result =
@@ -160,31 +205,16 @@ class InferenceService final : public v1::Inference::Service {
       grpc::ServerContext* context,
       grpc::ServerReaderWriter<v1::OpenSessionResponse, v1::OpenSessionRequest>* stream) override {
     if (grpc::Status s = CheckReady(); !s.ok()) return s;
-    std::string text;
+    OpenSessionContext context_text(
+        [this](const std::string& path) { return engine().ReadContextFile(path); });
     v1::OpenSessionRequest part;
-    bool from_path = false;
     while (stream->Read(&part)) {
-      if (part.source_case() == v1::OpenSessionRequest::kContextPath) {
-        if (!text.empty() || from_path) {
-          return Out(absl::InvalidArgumentError("give one context_path, or chunks, not both"));
-        }
-        absl::StatusOr<std::string> file = engine().ReadContextFile(part.context_path());
-        if (!file.ok()) return Out(file.status());
-        text = std::move(*file);
-        from_path = true;
-      } else if (part.source_case() == v1::OpenSessionRequest::kContextChunk) {
-        if (from_path) {
-          return Out(absl::InvalidArgumentError("give one context_path, or chunks, not both"));
-        }
-        text += part.context_chunk();
-      }
-      if (!part.policy().name().empty() && part.policy().name() != "exact") {
-        return Out(absl::UnimplementedError("only the exact policy is available for sessions"));
-      }
+      if (absl::Status s = context_text.Add(part); !s.ok()) return Out(s);
     }
     absl::StatusOr<engine::RequestOptions> options =
-        Options(v1::SamplingParams(), v1::Policy(), context);
+        RequestOptionsFrom(v1::SamplingParams(), v1::Policy());
     if (!options.ok()) return Out(options.status());
+    options->check_cancel = CancelCheck(context);
     const auto start = std::chrono::steady_clock::now();
     auto progress = [&](const engine::PrefillProgress& at) {
       const double s =
@@ -201,7 +231,7 @@ class InferenceService final : public v1::Inference::Service {
       }
       stream->Write(response);
     };
-    absl::StatusOr<std::string> id = engine().OpenSession(text, progress, *options);
+    absl::StatusOr<std::string> id = engine().OpenSession(context_text.text(), progress, *options);
     if (!id.ok()) return Out(id.status());
     v1::OpenSessionResponse done;
     done.set_session_id(*id);
@@ -212,9 +242,9 @@ class InferenceService final : public v1::Inference::Service {
   grpc::Status Ask(grpc::ServerContext* context, const v1::AskRequest* request,
                    grpc::ServerWriter<v1::GenerateResponse>* writer) override {
     if (grpc::Status s = CheckReady(); !s.ok()) return s;
-    absl::StatusOr<engine::RequestOptions> options =
-        Options(request->sampling(), v1::Policy(), context);
+    absl::StatusOr<engine::RequestOptions> options = ValidateAskRequest(*request);
     if (!options.ok()) return Out(options.status());
+    options->check_cancel = CancelCheck(context);
     absl::StatusOr<engine::GenerateResult> result =
         engine().Ask(request->session_id(), request->question(), *options, Streamer(writer));
     return Finish(result, writer);
@@ -356,6 +386,82 @@ class InferenceService final : public v1::Inference::Service {
   absl::Status lost_;
 };
 
+namespace {
+
+// Health stays open: load balancers probe it without credentials.
+constexpr char kHealthPrefix[] = "/grpc.health.v1.Health/";
+
+// Equal iff same length and bytes; the time depends only on `expected`'s
+// length, never on where `given` first differs.
+bool SameSecret(std::string_view given, std::string_view expected) {
+  unsigned char differ = given.size() == expected.size() ? 0 : 1;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const char g = i < given.size() ? given[i] : '\0';
+    differ |= static_cast<unsigned char>(g ^ expected[i]);
+  }
+  return differ == 0;
+}
+
+// `authorization: Bearer <token>` on every call but health checks. The
+// header is consumed, so handlers never see the token. Runs inline on
+// gRPC's call set-up (a comparison, nothing that blocks).
+class BearerTokenCheck final : public grpc::AuthMetadataProcessor {
+ public:
+  explicit BearerTokenCheck(const std::string& token) : expected_("Bearer " + token) {}
+
+  bool IsBlocking() const override { return false; }
+
+  grpc::Status Process(const InputMetadata& metadata, grpc::AuthContext*, OutputMetadata* consumed,
+                       OutputMetadata*) override {
+    const auto path = metadata.find(":path");
+    if (path != metadata.end() && path->second.starts_with(kHealthPrefix)) {
+      return grpc::Status::OK;
+    }
+    const auto header = metadata.find("authorization");
+    if (header == metadata.end()) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          "this server needs a bearer token (authorization: Bearer <token> "
+                          "metadata) and the call has none");
+    }
+    const std::string given(header->second.data(), header->second.size());
+    consumed->emplace("authorization", given);
+    if (!SameSecret(given, expected_)) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "wrong bearer token");
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  const std::string expected_;
+};
+
+// TLS when a certificate is given; otherwise plaintext, and with a token
+// gRPC's local credentials, which accept loopback peers (or a unix socket)
+// only. A token adds the bearer check on top.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerOptions& options) {
+  if (options.tls_cert_pem.empty() != options.tls_key_pem.empty()) {
+    return absl::InvalidArgumentError(
+        "TLS needs both a certificate and its private key, or neither");
+  }
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (!options.tls_cert_pem.empty()) {
+    grpc::SslServerCredentialsOptions tls;
+    tls.pem_key_cert_pairs.push_back({options.tls_key_pem, options.tls_cert_pem});
+    credentials = grpc::SslServerCredentials(tls);
+  } else if (!options.auth_token.empty()) {
+    credentials = grpc::experimental::LocalServerCredentials(
+        absl::StartsWith(options.listen, "unix:") ? UDS : LOCAL_TCP);
+  } else {
+    return grpc::InsecureServerCredentials();
+  }
+  if (!options.auth_token.empty()) {
+    credentials->SetAuthMetadataProcessor(std::make_shared<BearerTokenCheck>(options.auth_token));
+  }
+  return credentials;
+}
+
+}  // namespace
+
 struct Server::Impl {
   std::unique_ptr<InferenceService> service;
   std::unique_ptr<grpc::Server> server;
@@ -383,7 +489,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   // One server per port: without this gRPC sets SO_REUSEPORT and a second
   // server on the same port would silently share it.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &impl->port);
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = Credentials(options);
+  if (!credentials.ok()) return credentials.status();
+  builder.AddListeningPort(options.listen, *credentials, &impl->port);
   builder.RegisterService(impl->service.get());
   grpc::ResourceQuota quota("headwise");
   quota.SetMaxThreads(std::max(2, options.max_threads));
@@ -391,8 +499,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   builder.SetMaxReceiveMessageSize(64 << 20);
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr || impl->port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen,
-                                               " (address in use, or not a host:port?)"));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", options.listen,
+        options.tls_cert_pem.empty()
+            ? " (address in use, or not a host:port?)"
+            : " (address in use, not a host:port, or a TLS certificate and key gRPC cannot "
+              "use? see its log above)"));
   }
   std::unique_ptr<Server> server(new Server(std::move(impl)));
   server->SetReady(false);
