@@ -1,0 +1,83 @@
+// Scalar reference implementation; rows are independent (callers split them
+// across threads).
+#include "kernels/key_quant.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace headwise::kernels {
+
+const char* KeyQuantFormat::Error() const {
+  if (bits != 2 && bits != 4) return "bits must be 2 or 4";
+  if (dim < 1 || group < 1 || dim % group != 0) return "group must divide dim";
+  if (group * bits % 8 != 0) return "a group's codes must fill whole bytes";
+  return nullptr;
+}
+
+namespace {
+
+int Code(const uint8_t* codes, int32_t i, int32_t bits) {
+  const int per_byte = 8 / bits;
+  return (codes[i / per_byte] >> ((i % per_byte) * bits)) & ((1 << bits) - 1);
+}
+
+}  // namespace
+
+void QuantizeKeys(const KeyQuantFormat& f, const float* x, int64_t x_stride, int64_t rows,
+                  uint8_t* codes, float* scale_zero) {
+  const int32_t levels = (1 << f.bits) - 1, per_byte = 8 / f.bits;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * x_stride;
+    uint8_t* out = codes + r * f.CodeBytes();
+    std::fill(out, out + f.CodeBytes(), uint8_t{0});
+    for (int32_t g = 0; g < f.Groups(); ++g) {
+      const float* v = row + g * f.group;
+      const auto [lo, hi] = std::minmax_element(v, v + f.group);
+      const float scale = (*hi - *lo) / levels;
+      float* sz = scale_zero + 2 * (r * f.Groups() + g);
+      sz[0] = scale;
+      sz[1] = *lo;
+      for (int32_t i = 0; i < f.group; ++i) {
+        const int32_t at = g * f.group + i;
+        const int code =
+            scale > 0 ? std::clamp(int(std::lrint((v[i] - *lo) / scale)), 0, levels) : 0;
+        out[at / per_byte] |= static_cast<uint8_t>(code << ((at % per_byte) * f.bits));
+      }
+    }
+  }
+}
+
+void DequantizeKeys(const KeyQuantFormat& f, const uint8_t* codes, const float* scale_zero,
+                    int64_t rows, float* x, int64_t x_stride) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* in = codes + r * f.CodeBytes();
+    for (int32_t g = 0; g < f.Groups(); ++g) {
+      const float* sz = scale_zero + 2 * (r * f.Groups() + g);
+      for (int32_t i = 0; i < f.group; ++i) {
+        const int32_t at = g * f.group + i;
+        x[r * x_stride + at] = sz[1] + sz[0] * float(Code(in, at, f.bits));
+      }
+    }
+  }
+}
+
+void QuantizedKeyScores(const KeyQuantFormat& f, const float* q, const uint8_t* codes,
+                        const float* scale_zero, int64_t rows, float* scores) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* in = codes + r * f.CodeBytes();
+    double total = 0;
+    for (int32_t g = 0; g < f.Groups(); ++g) {
+      const float* sz = scale_zero + 2 * (r * f.Groups() + g);
+      double q_sum = 0, q_code = 0;
+      for (int32_t i = 0; i < f.group; ++i) {
+        const int32_t at = g * f.group + i;
+        q_sum += q[at];
+        q_code += double(q[at]) * Code(in, at, f.bits);
+      }
+      total += sz[1] * q_sum + sz[0] * q_code;
+    }
+    scores[r] = static_cast<float>(total);
+  }
+}
+
+}  // namespace headwise::kernels
