@@ -46,6 +46,19 @@ void AddRuntimeOptions(CLI::App& cmd, RuntimeFlags& flags) {
                  "Remote partials: auto (cost model), pull (read KV here) or delegate (compute "
                  "where the KV is)")
       ->capture_default_str();
+  cmd.add_option("--policy", flags.policy,
+                 "Attention policy of decode steps: exact, or hybrid (HGCA: sinks + recent window "
+                 "densely, the best-scoring other blocks up to --hybrid-budget; approximate)")
+      ->capture_default_str();
+  cmd.add_option("--hybrid-budget", flags.hybrid_budget,
+                 "hybrid: fraction of the sequence's tokens each decode step attends, (0, 1]")
+      ->capture_default_str();
+  cmd.add_option("--hybrid-window", flags.hybrid_window,
+                 "hybrid: the most recent tokens always attended")
+      ->capture_default_str();
+  cmd.add_option("--hybrid-sinks", flags.hybrid_sinks,
+                 "hybrid: the first tokens always attended (attention sinks)")
+      ->capture_default_str();
   cmd.add_option("--peer-timeout", flags.peer_timeout,
                  "Seconds a rank may stay silent before its requests fail UNAVAILABLE")
       ->capture_default_str();
@@ -87,6 +100,15 @@ absl::StatusOr<Runtime> StartRuntime(const RuntimeFlags& flags, std::string_view
     return absl::InvalidArgumentError("--mode must be auto, pull or delegate, got '" + flags.mode +
                                       "'");
   }
+  std::optional<kv::AttentionPolicy::Kind> policy_kind = kv::ParsePolicyKind(flags.policy);
+  if (!policy_kind) {
+    return absl::InvalidArgumentError(
+        "--policy must be exact or hybrid, got '" + flags.policy +
+        (flags.policy == "quantkv" ? "' (quantkv is not available yet)" : "'"));
+  }
+  const kv::AttentionPolicy policy{*policy_kind, flags.hybrid_sinks, flags.hybrid_window,
+                                   flags.hybrid_budget};
+  if (absl::Status s = policy.Validate(); !s.ok()) return s;
   if (!(flags.peer_timeout > 0)) {
     return absl::InvalidArgumentError("--peer-timeout must be > 0 seconds");
   }
@@ -136,6 +158,7 @@ absl::StatusOr<Runtime> StartRuntime(const RuntimeFlags& flags, std::string_view
   base.device_budget_bytes = static_cast<int64_t>(*device_mem);
   base.host_budget_bytes = static_cast<int64_t>(*host_mem);
   base.disk = disk;
+  base.policy = policy;
   if (rt.cluster != nullptr) {
     base.transport = &rt.cluster->transport();
     base.placement = *placement;

@@ -35,6 +35,10 @@ struct RuntimeFlags {
   std::string placement = "head-major";
   std::string mode = "auto";
   double peer_timeout = 10;
+  std::string policy = "exact";
+  double hybrid_budget = 0.25;
+  int32_t hybrid_window = 512;
+  int32_t hybrid_sinks = 4;
 };
 
 // Adds -m/--model and the options above (environment twins come from

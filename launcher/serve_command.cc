@@ -109,14 +109,22 @@ int RunServe(const ServeFlags& flags) {
   sigaction(SIGINT, &action, nullptr);
   sigaction(SIGTERM, &action, nullptr);
 
+  // Flag checks every rank makes before the job starts (a rank failing
+  // alone later would leave the others waiting).
   if (absl::Status s = CheckSecurityFlags(flags); !s.ok()) return Fail(s);
+  if (flags.runtime.policy != "exact") {
+    // The service names the policy per request; until requests can choose
+    // an approximate one, a server-wide one would answer unnamed.
+    return Fail(absl::InvalidArgumentError(
+        "serve supports --policy exact only for now (use generate for hybrid)"));
+  }
+  if (flags.restore && flags.snapshot_dir.empty()) {
+    return Fail(absl::InvalidArgumentError("--restore needs --snapshot-dir"));
+  }
   absl::StatusOr<Runtime> started = StartRuntime(flags.runtime, "serve");
   if (!started.ok()) return Fail(started.status());
   Runtime& rt = *started;
   if (rt.memory_rank()) return rt.cluster->ServeMemoryRank(flags.runtime.threads);
-  if (flags.restore && flags.snapshot_dir.empty()) {
-    return Fail(absl::InvalidArgumentError("--restore needs --snapshot-dir"));
-  }
   auto fail = [&rt](const absl::Status& status) {
     const int code = Fail(status);
     rt.AbortCluster(code);

@@ -14,6 +14,7 @@
 #include <numeric>
 #include <vector>
 
+#include "kernels/key_summary.h"
 #include "kernels/lse.h"
 #include "runtime/attention/near_storage.h"
 #include "runtime/attention/remote.h"
@@ -108,6 +109,12 @@ class LayerAttention {
     const int world = store_.distributed() ? store_.transport()->size() : 1;
     std::vector<HeadLists> disk_lists;
     std::vector<HeadLists> lists = Lists(a_.layer, sealed, world, &disk_lists);
+    if (store_.policy().kind == kv::AttentionPolicy::Kind::kHybrid && a_.n_rows == 1) {
+      SelectHybrid(sealed, lists, disk_lists, stats);
+    } else if (stats != nullptr) {
+      stats->blocks_attended += int64_t(sealed) * g_.n_kv_heads;
+      stats->blocks_total += int64_t(sealed) * g_.n_kv_heads;
+    }
 
     // Delegated partials go out first: memory ranks compute while this rank
     // does its own part.
@@ -185,6 +192,57 @@ class LayerAttention {
       }
     }
     return lists;
+  }
+
+  // HGCA's selection for one decode row: per kv head the dense blocks (the
+  // sinks' and the recent window's) and, of the others, those whose key
+  // bounds score highest for any of the head's queries, until the policy's
+  // budget of the sequence's tokens (open blocks included) is attended. The
+  // rest leave every rank's lists. Ties keep the earlier block.
+  void SelectHybrid(int32_t sealed, std::vector<HeadLists>& lists, std::vector<HeadLists>& disk,
+                    StreamStats* stats) const {
+    const kv::AttentionPolicy& p = store_.policy();
+    const int64_t bt = g_.block_tokens, hd = g_.head_dim;
+    const int64_t length = store_.n_tokens(a_.layer);
+    const int64_t budget = static_cast<int64_t>(std::ceil(p.budget * double(length)));
+    const int64_t sink_blocks = (p.sink_tokens + bt - 1) / bt;
+    const int64_t window_start = length - p.window_tokens;
+    std::vector<char> keep;
+    std::vector<std::pair<float, int32_t>> candidates;
+    for (int32_t h = 0; h < g_.n_kv_heads; ++h) {
+      keep.assign(size_t(sealed), 0);
+      candidates.clear();
+      int64_t attended = length - int64_t(sealed) * bt;  // the open blocks
+      for (int32_t b = 0; b < sealed; ++b) {
+        if (b < sink_blocks || (b + 1) * bt > window_start) {
+          keep[b] = 1;
+          attended += bt;
+          continue;
+        }
+        const float* bounds = store_.KeyBounds(a_.layer, h, b);
+        float score = -std::numeric_limits<float>::infinity();
+        for (int32_t j = 0; j < group_; ++j) {
+          const float* q = a_.q + (int64_t(h) * group_ + j) * hd;
+          score = std::max(score, kernels::KeyBoundScore(q, bounds, bounds + hd, int32_t(hd)));
+        }
+        candidates.push_back({score, b});
+      }
+      std::stable_sort(candidates.begin(), candidates.end(),
+                       [](const auto& x, const auto& y) { return x.first > y.first; });
+      for (const auto& [score, b] : candidates) {
+        if (attended >= budget) break;
+        keep[b] = 1;
+        attended += bt;
+      }
+      int64_t kept = 0;
+      for (std::vector<HeadLists>* all : {&lists, &disk}) {
+        for (HeadLists& rank : *all) {
+          std::erase_if(rank[h], [&](int32_t b) { return !keep[b]; });
+          kept += static_cast<int64_t>(rank[h].size());
+        }
+      }
+      if (stats != nullptr) stats->blocks_attended += kept, stats->blocks_total += sealed;
+    }
   }
 
   cluster::ExecMode Mode(int32_t rank, const HeadLists& lists, const HeadLists& disk) const {
@@ -392,6 +450,21 @@ class LayerAttention {
     return pending;
   }
 
+  // Whether a prefetched item holds exactly the blocks `item` names (a
+  // policy may attend other blocks than the prefetch assumed).
+  bool SameBlocks(const Item& item, const kv::KvStore::StagedCopy& staged) const {
+    const int32_t n = item.end - item.begin;
+    if (staged.views.size() != size_t(item.head_end - item.head_begin) * n) return false;
+    for (int32_t h = item.head_begin; h < item.head_end; ++h) {
+      for (int32_t k = item.begin; k < item.end; ++k) {
+        const kernels::KvBlockView& view =
+            staged.views[size_t(h - item.head_begin) * n + k - item.begin];
+        if (view.first_pos != lists_[0][h][k] * g_.block_tokens) return false;
+      }
+    }
+    return true;
+  }
+
   absl::Status WaitFor(const Pending& pending) {
     if (pending.rma != 0) {
       if (absl::Status s = store_.transport()->Wait(pending.rma); !s.ok()) return s;
@@ -439,7 +512,7 @@ class LayerAttention {
                          staged.head_begin == items.front().head_begin &&
                          staged.head_end == items.front().head_end &&
                          staged.block_begin == items.front().begin &&
-                         staged.block_end == items.front().end;
+                         staged.block_end == items.front().end && SameBlocks(items.front(), staged);
       if (match) {
         base = staged.slot;
         next = Pending{staged.ticket, 0};

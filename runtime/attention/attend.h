@@ -49,6 +49,9 @@ struct StreamStats {
   double disk_read_seconds = 0;  // reading this rank's disk (within disk_seconds)
   int64_t bytes_fetched = 0;
   double disk_seconds = 0;
+  // Sealed (layer, kv head, block)s the policy let attention read, of all.
+  int64_t blocks_attended = 0;
+  int64_t blocks_total = 0;
 };
 
 // Runs attention for args.n_rows new tokens at positions store.n_tokens(layer)

@@ -522,6 +522,51 @@ TEST_F(DistributedTest, ASnapshotRestoresTheSequenceWhereItWasSaved) {
   }
 }
 
+TEST_F(DistributedTest, HybridWithAFullBudgetIsExactOnEveryWorld) {
+  for (int size : {1, 3}) {
+    World world(size, int64_t{64} << 20);
+    kv::KvStoreOptions options = Options(cpu_);
+    if (size > 1) options.transport = &world.loopback.transport(0);
+    options.mode = cluster::ExecMode::kDelegate;
+    options.policy = {kv::AttentionPolicy::Kind::kHybrid, 4, 64, 1.0};
+    absl::StatusOr<RunResult> run = Generate(options);
+    ASSERT_TRUE(run.ok()) << run.status();
+    EXPECT_EQ(run->tokens, reference_->tokens) << size << " ranks";
+    EXPECT_EQ(run->stats.blocks_attended, run->stats.blocks_total);
+  }
+}
+
+TEST_F(DistributedTest, HybridAttendsSinksWindowAndTheBestBlocksWithinItsBudget) {
+  // 700 tokens of 32-token blocks: 21 sealed blocks per (layer, kv head).
+  auto store = kv::KvStore::Create(Options(cpu_));
+  ASSERT_TRUE(store.ok());
+  std::vector<float> logits;
+  for (size_t begin = 0; begin < prompt_->size(); begin += kChunk) {
+    const size_t n = std::min<size_t>(kChunk, prompt_->size() - begin);
+    ASSERT_TRUE(llm_->Forward(std::span(*prompt_).subspan(begin, n), **store, &logits).ok());
+  }
+  const int64_t heads = int64_t(llm_->info().n_layers) * llm_->info().n_kv_heads;
+  const int32_t token = reference_->tokens[0];
+  // A tiny budget: only the sink block (0) and the window's blocks (19, 20:
+  // they hold positions past 701 - 64) are attended.
+  (*store)->set_policy({kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0.01});
+  StreamStats tiny;
+  ASSERT_TRUE(
+      llm_->Forward(std::span<const int32_t>(&token, 1), **store, &logits, nullptr, &tiny).ok());
+  EXPECT_EQ(tiny.blocks_total, heads * 21);
+  EXPECT_EQ(tiny.blocks_attended, heads * 3);
+  ASSERT_TRUE((*store)->Truncate(kPrompt).ok());
+  // A quarter: ceil(0.25 * 701) = 176 tokens; the 29 open tokens and the 3
+  // dense blocks make 125, two blocks chosen by their key bounds 189.
+  (*store)->set_policy({kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0.25});
+  StreamStats quarter;
+  ASSERT_TRUE(
+      llm_->Forward(std::span<const int32_t>(&token, 1), **store, &logits, nullptr, &quarter).ok());
+  EXPECT_EQ(quarter.blocks_attended, heads * 5);
+  EXPECT_EQ((*store)->policy().Describe(), "hybrid(budget=0.25, window=64, sinks=4)");
+  EXPECT_FALSE((kv::AttentionPolicy{kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0}.Validate().ok()));
+}
+
 TEST_F(DistributedTest, MemoryRankRejectsOffsetsOutsideItsPool) {
   comm::LoopbackWorld world({0, 4096});
   MemoryRank rank(world.transport(1), *cpu_);

@@ -98,6 +98,7 @@ kv::KvStoreOptions StoreOptions(const model::LlamaModel& llm, const GenerateOpti
   store_options.pools = options.pools;
   store_options.disk = options.disk;
   store_options.disk_pool = options.disk_pool;
+  store_options.policy = options.policy;
   return store_options;
 }
 
@@ -140,6 +141,7 @@ absl::StatusOr<GenerateResult> GenerateOn(model::LlamaModel& llm, const model::T
   GenerateResult result;
   result.prompt_token_ids.assign(prompt.begin(), prompt.end());
   result.kv_mode = cache.mode();
+  result.policy = cache.policy().Describe();
   const device::CopyStats copies_before = options.device->copy_stats();
   std::vector<float> logits;
 

@@ -49,6 +49,7 @@ struct GenerateOptions {
   // it, the pool itself; see KvStoreOptions.
   kv::DiskTierOptions disk;
   std::shared_ptr<kv::DiskPool> disk_pool;
+  kv::AttentionPolicy policy;  // decode steps' attention (exact by default)
 };
 
 enum class FinishReason { kStop, kLength };
@@ -62,6 +63,7 @@ struct GenerateResult {
   double prefill_seconds = 0;
   double decode_seconds = 0;
   kv::KvMode kv_mode = kv::KvMode::kResident;
+  std::string policy = "exact";  // the store's policy, described (approximate ones say so)
   kv::TierStats device_tier;
   kv::TierStats host_tier;
   // Distributed runs: every rank's share of the sealed blocks (rank 0's is

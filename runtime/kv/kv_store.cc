@@ -34,6 +34,30 @@ int64_t KvGeometry::TokenBytes() const {
   return 2 * int64_t(n_layers) * n_kv_heads * head_dim * int64_t(kernels::KvDtypeSize(dtype));
 }
 
+std::string AttentionPolicy::Describe() const {
+  if (kind == Kind::kExact) return "exact";
+  return absl::StrFormat("hybrid(budget=%g, window=%d, sinks=%d)", budget, window_tokens,
+                         sink_tokens);
+}
+
+absl::Status AttentionPolicy::Validate() const {
+  if (!(budget > 0 && budget <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the hybrid budget must be in (0, 1], got ", absl::StrFormat("%g", budget)));
+  }
+  if (window_tokens < 0 || sink_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("hybrid window and sinks must be >= 0, got ",
+                                                   window_tokens, " and ", sink_tokens));
+  }
+  return absl::OkStatus();
+}
+
+std::optional<AttentionPolicy::Kind> ParsePolicyKind(std::string_view name) {
+  if (name == "exact") return AttentionPolicy::Kind::kExact;
+  if (name == "hybrid") return AttentionPolicy::Kind::kHybrid;
+  return std::nullopt;
+}
+
 const char* TierName(Tier tier) {
   switch (tier) {
     case Tier::kDevice:
@@ -54,8 +78,10 @@ KvStore::KvStore(const KvStoreOptions& options)
       options_(options),
       blocks_(options.geometry.n_layers),
       n_tokens_(options.geometry.n_layers, 0),
-      n_sealed_(options.geometry.n_layers, 0) {
+      n_sealed_(options.geometry.n_layers, 0),
+      bounds_(options.geometry.n_layers) {
   for (auto& layer : blocks_) layer.resize(options.geometry.n_kv_heads);
+  for (auto& layer : bounds_) layer.resize(options.geometry.n_kv_heads);
   device_stats_.budget_bytes = options.device_budget_bytes;
   host_stats_.budget_bytes = options.host_budget_bytes;
 }
@@ -467,6 +493,24 @@ absl::Status KvStore::Append(int32_t layer, const float* k, const float* v, int6
     }
   }
   n_tokens_[layer] = first + rows;
+  // Key bounds of the blocks the rows land in (from the f32 keys: any device).
+  for (int32_t h = 0; h < g.n_kv_heads; ++h) {
+    std::vector<float>& bounds = bounds_[layer][h];
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t pos = first + r, index = pos / g.block_tokens;
+      if (static_cast<int64_t>(bounds.size()) < (index + 1) * 2 * hd) {
+        bounds.resize(size_t((index + 1) * 2 * hd));
+      }
+      float* mn = bounds.data() + index * 2 * hd;
+      float* mx = mn + hd;
+      const float* key = k + r * row_stride + h * hd;
+      const bool fresh = pos % g.block_tokens == 0;
+      for (int64_t i = 0; i < hd; ++i) {
+        mn[i] = fresh ? key[i] : std::min(mn[i], key[i]);
+        mx[i] = fresh ? key[i] : std::max(mx[i], key[i]);
+      }
+    }
+  }
 
   // Rows land in the blocks directly when the CPU can write device memory;
   // otherwise (cuda) they are converted on the host and copied, one K and

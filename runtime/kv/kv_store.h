@@ -12,6 +12,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -51,6 +52,28 @@ struct TierStats {
   int64_t budget_bytes = 0;  // 0: unlimited
 };
 
+// Which sealed KV a decode step attends to (DESIGN.md "policy"). `exact`:
+// all of it. `hybrid` (HGCA): per kv head, the blocks holding the first
+// `sink_tokens` and the last `window_tokens` tokens densely, and of the rest
+// the blocks whose key bounds (per-channel min/max, kernels/key_summary.h)
+// score highest for the step's queries, until `budget` of the sequence's
+// tokens are attended; prefill chunks are always exact. Approximate policies
+// are named in every result's stats (Describe).
+struct AttentionPolicy {
+  enum class Kind { kExact, kHybrid };
+  Kind kind = Kind::kExact;
+  int32_t sink_tokens = 4;
+  int32_t window_tokens = 512;
+  double budget = 0.25;  // fraction of the sequence's tokens attended, (0, 1]
+
+  // "exact", or "hybrid(budget=0.25, window=512, sinks=4)".
+  std::string Describe() const;
+  // InvalidArgument naming a bad knob.
+  absl::Status Validate() const;
+};
+// "exact" or "hybrid" (quantkv and others: nullopt).
+std::optional<AttentionPolicy::Kind> ParsePolicyKind(std::string_view name);
+
 struct KvStoreOptions {
   KvGeometry geometry;
   device::Device* device = nullptr;  // not owned; must outlive the store
@@ -86,6 +109,9 @@ struct KvStoreOptions {
   // this process (sessions); null with disk.bytes > 0: the store makes one.
   DiskTierOptions disk;
   std::shared_ptr<DiskPool> disk_pool;
+
+  // The attention policy of this sequence (settable later: set_policy).
+  AttentionPolicy policy;
 };
 
 // One block of a saved sequence: which it is, its tokens, and where its
@@ -154,6 +180,15 @@ class KvStore {
   absl::StatusOr<const uint8_t*> SealedBlockData(int32_t layer, int32_t head, int32_t block);
   Tier BlockTier(int32_t layer, int32_t head, int32_t block) const;
   int32_t BlockTokens(int32_t layer, int32_t block) const;
+
+  // The policy decode steps use, and per sealed or open block its key bounds:
+  // min then max per channel (2 * head_dim floats) over the f32 keys
+  // appended to it (a truncated block keeps its wider bounds: still bounds).
+  const AttentionPolicy& policy() const { return options_.policy; }
+  void set_policy(const AttentionPolicy& policy) { options_.policy = policy; }
+  const float* KeyBounds(int32_t layer, int32_t head, int32_t block) const {
+    return bounds_[layer][head].data() + size_t(block) * 2 * geometry_.head_dim;
+  }
 
   // Staging buffers (streaming mode only): two of staging_bytes() each.
   int64_t staging_bytes() const { return staging_bytes_; }
@@ -253,6 +288,7 @@ class KvStore {
   std::vector<std::vector<std::vector<std::unique_ptr<Block>>>> blocks_;
   std::vector<int64_t> n_tokens_;
   std::vector<int32_t> n_sealed_;
+  std::vector<std::vector<std::vector<float>>> bounds_;  // [layer][head]: blocks x (min, max)
   std::vector<Block*> in_flight_;  // blocks whose copy home has not been reclaimed
   device::DeviceBuffer staging_[2];
   int64_t staging_bytes_ = 0;
