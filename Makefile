@@ -3,6 +3,7 @@
 #   make test   installs what is missing, builds, runs every test through ctest
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
 JOBS       ?= 2
 CMAKE_ARGS ?=
 MODEL      ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -11,7 +12,7 @@ HEADWISE   := $(BUILD)/launcher/headwise
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
-.PHONY: all deps pyenv model build build-asan test test-asan demo bench format format-check clean
+.PHONY: all deps pyenv model build build-asan test test-asan fuzz demo bench format format-check clean
 
 all: build
 
@@ -42,6 +43,19 @@ test: build model pyenv
 # Unit and MPI tests under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-asan: build-asan model
 	ctest --test-dir $(ASAN_BUILD) --output-on-failure -j$(JOBS) -LE 'oracle|cuda|model'
+
+# libFuzzer + ASan + UBSan (clang): each target in fuzz/ for FUZZ_SECONDS, up to
+# FUZZ_JOBS at once, on a copy of its seeds in $(FUZZ_BUILD); fails on a crash.
+FUZZ_SECONDS ?= 60
+FUZZ_JOBS    ?= $(JOBS)
+FUZZ_TARGETS ?= gguf tokenizer chat_template request
+
+$(FUZZ_BUILD)/build.ninja:
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -G Ninja -DHEADWISE_FUZZ=ON -DHEADWISE_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_ARGS)
+
+fuzz: deps $(FUZZ_BUILD)/build.ninja
+	cmake --build $(FUZZ_BUILD) -j$(JOBS) --target $(addsuffix _fuzzer,$(FUZZ_TARGETS))
+	fuzz/run-fuzzers $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_JOBS) $(FUZZ_TARGETS)
 
 demo: build model
 	$(HEADWISE) inspect $(MODEL)

@@ -34,16 +34,23 @@ size_t NewlineAt(std::string_view s, size_t pos) {
 }
 
 // The constant text after `marker` up to `end`, if it is a plain literal: no
-// quote, expression or newline-escape boundary in between.
+// quote, expression or newline-escape boundary in between. Linear in the
+// template: the next `end` and the next non-literal character only move
+// forward from one marker to the next, so each is searched for once per
+// position, not once per marker (a template is file content: thousands of
+// markers without an end must not cost quadratic time on every request).
 std::string LiteralAfter(std::string_view tmpl, std::string_view marker, std::string_view end) {
+  constexpr std::string_view kNotLiteral = "'\"{}+";
+  size_t stop = 0;     // first `end` at or after the current start
+  size_t special = 0;  // first kNotLiteral character at or after the current start
   for (size_t at = tmpl.find(marker); at != std::string_view::npos;
        at = tmpl.find(marker, at + 1)) {
     const size_t start = at + marker.size();
-    const size_t stop = tmpl.find(end, start);
-    if (stop == std::string_view::npos) continue;
-    const std::string_view text = tmpl.substr(start, stop - start);
-    if (text.empty() || text.find_first_of("'\"{}+") != std::string_view::npos) continue;
-    return UnescapeJinja(text);
+    if (stop < start) stop = tmpl.find(end, start);
+    if (stop == std::string_view::npos) break;  // no later marker has an end either
+    if (special < start) special = tmpl.find_first_of(kNotLiteral, start);
+    if (stop == start || special < stop) continue;
+    return UnescapeJinja(tmpl.substr(start, stop - start));
   }
   return "";
 }

@@ -4,6 +4,7 @@
 #include "runtime/model/chat_template.h"
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <memory>
 
@@ -125,6 +126,30 @@ TEST(ChatTemplateTest, UnknownTemplateIsUnimplemented) {
   out = ApplyChatTemplate("", {{"user", "x"}}, true);
   EXPECT_EQ(out.status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(out.status().message(), HasSubstr("no chat template"));
+}
+
+// Regression: the default-system-prompt search was quadratic in the template
+// (each "<|im_start|>system\n" searched the rest for its end and for quotes),
+// so a 1 MiB GGUF template took 86 s under ASan on every chat request. Each
+// shape below is 1 MiB; linear time is a few milliseconds.
+TEST(ChatTemplateTest, DetectionIsLinearInTheTemplate) {
+  const std::string marker = "<|im_start|>system\n";
+  const size_t copies = (size_t{1} << 20) / marker.size();
+  std::string no_end;
+  for (size_t i = 0; i < copies; ++i) no_end += marker;
+  std::string quoted;  // every literal holds a quote; one end at the very end
+  for (size_t i = 0; i < copies; ++i) quoted += marker + "'";
+  quoted += "<|im_end|>";
+  std::string last_good = quoted + marker + "Be brief.<|im_end|>";
+  const auto start = std::chrono::steady_clock::now();
+  for (const std::string* tmpl : {&no_end, &quoted, &last_good}) {
+    absl::StatusOr<ChatTemplateInfo> info = DetectChatTemplate(*tmpl);
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->default_system, tmpl == &last_good ? "Be brief." : "");
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(seconds, 2.0) << "quadratic template scan";
 }
 
 TEST(ChatTemplateTest, SmolLm2FromGguf) {

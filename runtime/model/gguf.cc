@@ -33,6 +33,12 @@ constexpr uint32_t kMaxDims = 4;
 // Arrays nest at most this deep; deeper nesting is malformed, not a reason to
 // recurse until the stack runs out.
 constexpr int kMaxArrayDepth = 8;
+// Array elements all metadata may hold. In memory each is a GgufValue (48
+// bytes), up to 48 times its size in the file (a uint8), so checking counts
+// against the bytes left is not enough: a 64 MiB file with one uint8 array
+// took 3.2 GB. Real files hold about 1M (a 256k vocabulary's tokens, scores
+// and types, and merges); 16M is at most ~800 MB.
+constexpr uint64_t kMaxArrayElements = uint64_t{1} << 24;
 
 // Smallest encoding of a value of `type` (an empty string or array counts its
 // length field), used to reject counts that cannot fit in the bytes left.
@@ -68,6 +74,9 @@ class Cursor {
  public:
   Cursor(const uint8_t* base, uint64_t size, const std::string& name)
       : base_(base), size_(size), name_(name) {}
+
+  // Array elements the metadata may still hold (kMaxArrayElements in all).
+  uint64_t array_elements_left = kMaxArrayElements;
 
   uint64_t pos() const { return pos_; }
   uint64_t remaining() const { return size_ - pos_; }
@@ -191,6 +200,13 @@ absl::Status ReadValue(Cursor& c, GgufValueType type, const std::string& key, in
                                     Sv(GgufValueTypeName(elem_type)), " but only ", c.remaining(),
                                     " bytes are left"));
       }
+      if (*count > c.array_elements_left) {
+        return c.Error(count_at,
+                       absl::StrCat("array '", key, "' has ", *count, " elements, more than the ",
+                                    c.array_elements_left, " left of the ", kMaxArrayElements,
+                                    " that all metadata arrays may hold together"));
+      }
+      c.array_elements_left -= *count;
       GgufArray array;
       array.element_type = elem_type;
       array.values.resize(*count);
@@ -455,6 +471,10 @@ absl::Status GgufFile::Parse() {
     }
     t.type = static_cast<kernels::GgmlType>(*type);
     const std::optional<uint64_t> row_bytes = kernels::RowBytes(t.type, t.dims[0]);
+    if (!row_bytes && t.dims[0] % traits->block_size == 0) {  // whole blocks: too many bytes
+      return c.Error(type_at, absl::StrCat(quoted, ": the byte size of a row of ", t.dims[0], " ",
+                                           Sv(traits->name), " elements overflows"));
+    }
     if (!row_bytes) {
       return c.Error(type_at,
                      absl::StrCat(quoted, " has row length ", t.dims[0], ", not a multiple of the ",

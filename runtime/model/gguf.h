@@ -2,8 +2,10 @@
 // tensor directory. Every size and offset is checked against the file size with
 // overflow-safe arithmetic, so a malformed or truncated file yields an
 // InvalidArgument status naming what is wrong and at which byte offset; it never
-// crashes. Tensor data is not copied: TensorInfo::data points into the mapping,
-// valid for the lifetime of the GgufFile.
+// crashes. Metadata arrays may hold 2^24 elements in all, which bounds the
+// memory a file can make the reader allocate. Tensor data is not copied:
+// TensorInfo::data points into the mapping, valid for the lifetime of the
+// GgufFile.
 #pragma once
 
 #include <cstddef>

@@ -311,6 +311,22 @@ TEST(GgufTest, HugeArrayLength) {
   ExpectInvalid(image, "array 'tokenizer.ggml.tokens' has 1152921504606846976 elements");
 }
 
+// Regression: counts were checked only against the bytes left, but a uint8
+// element takes 48 bytes in memory, so a 64 MiB file with one array made the
+// reader allocate 3.2 GB (and a larger one exhaust memory). Arrays now hold 2^24
+// elements in all; this one has one more, in a 16 MiB image.
+TEST(GgufTest, ArrayElementsAreCapped) {
+  constexpr uint64_t kCount = (uint64_t{1} << 24) + 1;
+  EncodedValue big{GgufValueType::kArray, {}};
+  AppendLe<uint32_t>(big.bytes, static_cast<uint32_t>(GgufValueType::kUint8));
+  AppendLe<uint64_t>(big.bytes, kCount);
+  big.bytes.resize(big.bytes.size() + kCount, 1);
+  GgufTestWriter w;
+  w.Add("small", Array(GgufValueType::kUint8, {U8(1), U8(2)})).Add("big", big);
+  ExpectInvalid(w.Build(),
+                "array 'big' has 16777217 elements, more than the 16777214 left of the 16777216");
+}
+
 TEST(GgufTest, DimensionProductOverflows) {
   GgufTestWriter w = ValidWriter();
   w.AddTensor("huge", {uint64_t{1} << 32, uint64_t{1} << 32}, 0);
@@ -354,6 +370,19 @@ TEST(GgufTest, RowNotAWholeNumberOfBlocks) {
   ExpectInvalid(w.Build(),
                 "tensor 'ragged' has row length 33, not a multiple of the q4_1 block "
                 "size 32");
+}
+
+// Regression (fuzz/corpus/gguf/cve_n_bytes_overflow.gguf): a row whose byte
+// size overflows 64 bits was reported as "not a multiple of the block size 1".
+TEST(GgufTest, RowByteSizeOverflows) {
+  GgufTestWriter w = ValidWriter();
+  w.AddTensor("wide", {uint64_t{1} << 62}, 0);  // f32: 2^64 bytes
+  ExpectInvalid(w.Build(),
+                "tensor 'wide': the byte size of a row of 4611686018427387904 f32 "
+                "elements overflows");
+  GgufTestWriter w2 = ValidWriter();
+  w2.AddTensor("rows", {2, uint64_t{1} << 61}, 0);  // 8-byte rows, 2^64 bytes in all
+  ExpectInvalid(w2.Build(), "tensor 'rows': byte size overflows");
 }
 
 TEST(GgufTest, BadDimensionCounts) {

@@ -4,6 +4,7 @@
 #include "runtime/model/model_info.h"
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 
 #include "absl/status/status.h"
@@ -154,9 +155,18 @@ absl::StatusOr<ModelInfo> ReadModelInfo(const GgufFile& f) {
 }
 
 uint64_t KvBytesPerToken(const ModelInfo& info, int bytes_per_element) {
-  return static_cast<uint64_t>(info.n_layers) * static_cast<uint64_t>(info.n_kv_heads) *
-         static_cast<uint64_t>(info.head_dim + info.head_dim_v) *
-         static_cast<uint64_t>(bytes_per_element);
+  // Unsigned and saturating: the hyperparameters come from the file, each up to
+  // INT64_MAX, so even head_dim + head_dim_v can overflow int64.
+  uint64_t bytes = static_cast<uint64_t>(info.head_dim) + static_cast<uint64_t>(info.head_dim_v);
+  for (const uint64_t factor :
+       {static_cast<uint64_t>(info.n_layers), static_cast<uint64_t>(info.n_kv_heads),
+        static_cast<uint64_t>(bytes_per_element)}) {
+    if (factor != 0 && bytes > std::numeric_limits<uint64_t>::max() / factor) {
+      return std::numeric_limits<uint64_t>::max();
+    }
+    bytes *= factor;
+  }
+  return bytes;
 }
 
 #undef HW_ASSIGN_OR_RETURN

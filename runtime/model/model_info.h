@@ -50,7 +50,8 @@ absl::StatusOr<ModelInfo> ReadModelInfo(const GgufFile& file);
 // KV-cache bytes one token occupies over all layers and kv heads, keys plus
 // values, at `bytes_per_element` (4 for f32, 2 for f16/bf16):
 // n_layers * n_kv_heads * (head_dim + head_dim_v) * bytes_per_element, which is
-// 2 * n_layers * n_kv_heads * head_dim * bytes for Llama.
+// 2 * n_layers * n_kv_heads * head_dim * bytes for Llama. Saturates at
+// UINT64_MAX when that does not fit (absurd hyperparameters in a crafted file).
 uint64_t KvBytesPerToken(const ModelInfo& info, int bytes_per_element);
 
 }  // namespace headwise::model

@@ -3,6 +3,7 @@
 #include "runtime/model/model_info.h"
 
 #include <filesystem>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -167,6 +168,24 @@ TEST(ModelInfoTest, ImpossibleValuesAreNamed) {
                 "'llama.rope.scaling.type' is uint32, expected a string");
   ExpectInvalid(With(LlamaKvs(), "tokenizer.ggml.tokens", StrArray({})),
                 "tokenizer.ggml.tokens is empty");
+}
+
+// Regression (fuzz/corpus/gguf/regression_kv_bytes_overflow.gguf): head dims
+// of 2^62 each are accepted, and KvBytesPerToken added them as int64 (signed
+// overflow, undefined behaviour); it now saturates.
+TEST(ModelInfoTest, KvBytesPerTokenOfAbsurdDimsSaturates) {
+  std::vector<Kv> kvs = With(LlamaKvs(), "llama.attention.key_length", I64(int64_t{1} << 62));
+  kvs = With(kvs, "llama.attention.value_length", I64(int64_t{1} << 62));
+  auto info = Read(Image(kvs));
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->head_dim, int64_t{1} << 62);
+  EXPECT_EQ(KvBytesPerToken(*info, 2), std::numeric_limits<uint64_t>::max());
+  // Just below the limit the product is exact: 2^63 + 2^63 = 2^64 does not fit.
+  info->n_layers = 1;
+  info->n_kv_heads = 1;
+  info->head_dim = info->head_dim_v = int64_t{1} << 61;
+  EXPECT_EQ(KvBytesPerToken(*info, 1), uint64_t{1} << 62);
+  EXPECT_EQ(KvBytesPerToken(*info, 4), std::numeric_limits<uint64_t>::max());
 }
 
 // ---- the real model ----
