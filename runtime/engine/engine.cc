@@ -137,9 +137,10 @@ absl::Status Engine::Count(absl::Status status) {
   return status;
 }
 
-absl::StatusOr<std::unique_ptr<Engine::Turn>> Engine::WaitTurn(const RequestOptions& request) {
+absl::StatusOr<std::unique_ptr<Engine::Turn>> Engine::WaitTurn(const RequestOptions& request,
+                                                               bool bounded) {
   std::unique_lock lock(mu_);
-  if (counters_.queued >= options_.max_queued && serving_ != 0) {
+  if (bounded && counters_.queued >= options_.max_queued && serving_ != 0) {
     return absl::ResourceExhaustedError(
         absl::StrCat("request queue full: ", counters_.queued, " requests waiting (limit ",
                      options_.max_queued, ") behind the running one; retry later"));
@@ -241,6 +242,11 @@ absl::StatusOr<std::string> Engine::OpenSession(const std::string& context,
   if (absl::Status s = Prefill(llm_, **store, tokens, options, nullptr, nullptr); !s.ok()) {
     return Count(s);
   }
+  // A client gone during the last prefill chunk gets no id: keeping the
+  // session would hold its KV on every rank with nobody able to close it.
+  if (request.check_cancel) {
+    if (absl::Status s = request.check_cancel(); !s.ok()) return Count(s);
+  }
   auto session = std::make_unique<Session>();
   session->store = std::move(*store);
   session->context_tokens = static_cast<int64_t>(tokens.size());
@@ -291,7 +297,8 @@ absl::Status Engine::CloseSession(const std::string& session_id, bool persist) {
     return Count(absl::FailedPreconditionError(
         "persisting a session needs a snapshot directory (headwise serve --snapshot-dir)"));
   }
-  absl::StatusOr<std::unique_ptr<Turn>> turn = WaitTurn(RequestOptions{});
+  // Never refused for a full queue: closing frees what the queue waits for.
+  absl::StatusOr<std::unique_ptr<Turn>> turn = WaitTurn(RequestOptions{}, /*bounded=*/false);
   if (!turn.ok()) return Count(turn.status());
   Session* session = nullptr;
   {
@@ -365,7 +372,8 @@ std::vector<SessionInfo> Engine::ListSessions() const {
 }
 
 absl::StatusOr<std::vector<RankSnapshot>> Engine::ClusterSnapshot(const RequestOptions& request) {
-  absl::StatusOr<std::unique_ptr<Turn>> turn = WaitTurn(request);
+  // Never refused for a full queue (monitoring must see a loaded cluster).
+  absl::StatusOr<std::unique_ptr<Turn>> turn = WaitTurn(request, /*bounded=*/false);
   if (!turn.ok()) return turn.status();
   comm::KvTransport* transport = options_.base.transport;
   const int world = transport != nullptr ? transport->size() : 1;

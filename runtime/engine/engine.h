@@ -135,7 +135,10 @@ class Engine {
   struct Session;
   class Turn;  // holds the engine for one request, in FIFO order
 
-  absl::StatusOr<std::unique_ptr<Turn>> WaitTurn(const RequestOptions& request);
+  // The request's turn, in arrival order; `bounded`: RESOURCE_EXHAUSTED when
+  // max_queued requests already wait (closes and cluster stats are not).
+  absl::StatusOr<std::unique_ptr<Turn>> WaitTurn(const RequestOptions& request,
+                                                 bool bounded = true);
   GenerateOptions Options(const RequestOptions& request) const;
   absl::Status CheckFits(int64_t tokens, const RequestOptions& request) const;
   absl::Status Count(absl::Status status);

@@ -219,6 +219,9 @@ INSTANTIATE_TEST_SUITE_P(
         Malformed{"VocabularyShorterThanEmbedding",
                   [](SyntheticModelSpec& s) { s.tokenizer_tokens = 50; },
                   "has 50 tokens but token_embd.weight has 96"},
+        Malformed{"BlockCountPastTheTensors",  // was an allocation of 2^30 layers
+                  [](SyntheticModelSpec& s) { s.block_count = int64_t{1} << 30; },
+                  "block_count 1073741824 but the file has 20 tensors"},
         Malformed{"UnsupportedArchitecture",
                   [](SyntheticModelSpec& s) { s.architecture = "mamba"; }, "mamba"}),
     [](const auto& info) { return std::string(info.param.name); });

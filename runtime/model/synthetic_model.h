@@ -33,6 +33,7 @@ struct SyntheticModelSpec {
   std::set<std::string> drop_tensors;
   std::string reshape_tensor;     // this tensor gets one extra column
   int64_t tokenizer_tokens = -1;  // -1: vocab
+  int64_t block_count = -1;       // the metadata's layer count; -1: n_layers
 };
 
 inline std::vector<uint8_t> RandomF32(std::mt19937& rng, size_t n, float scale, float mean = 0) {
@@ -50,7 +51,8 @@ inline std::vector<uint8_t> BuildSyntheticModel(const SyntheticModelSpec& s) {
   GgufTestWriter w;
   w.Add("general.architecture", Str(a))
       .Add("general.name", Str("synthetic " + a))
-      .Add(a + ".block_count", U32(static_cast<uint32_t>(s.n_layers)))
+      .Add(a + ".block_count",
+           U32(static_cast<uint32_t>(s.block_count >= 0 ? s.block_count : s.n_layers)))
       .Add(a + ".context_length", U32(static_cast<uint32_t>(s.context_length)))
       .Add(a + ".embedding_length", U32(static_cast<uint32_t>(s.n_embd)))
       .Add(a + ".feed_forward_length", U32(static_cast<uint32_t>(s.n_ff)))

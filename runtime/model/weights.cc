@@ -115,6 +115,13 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(const GgufFile& file,
     HEADWISE_RETURN_IF_ERROR(
         LoadVector(file, "rope_freqs.weight", info.head_dim / 2, weights->rope_freqs));
   }
+  // Every layer has at least 9 tensors: a block count past what the file
+  // holds is a malformed file, not an allocation to attempt.
+  if (info.n_layers < 1 || uint64_t(info.n_layers) > file.tensors().size() / 9) {
+    return absl::InvalidArgumentError(absl::StrCat("block_count ", info.n_layers,
+                                                   " but the file has ", file.tensors().size(),
+                                                   " tensors (a layer needs at least 9)"));
+  }
   weights->layers.resize(info.n_layers);
   for (uint32_t i = 0; i < info.n_layers; ++i) {
     LayerWeights& l = weights->layers[i];

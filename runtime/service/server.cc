@@ -235,7 +235,11 @@ class InferenceService final : public v1::Inference::Service {
     if (!id.ok()) return Out(id.status());
     v1::OpenSessionResponse done;
     done.set_session_id(*id);
-    stream->Write(done);
+    if (!stream->Write(done)) {
+      // The client left before it learnt the id: nobody could close it.
+      (void)engine().CloseSession(*id);
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+    }
     return grpc::Status::OK;
   }
 

@@ -25,7 +25,8 @@ def main():
         return 77
     out = os.path.join(tempfile.mkdtemp(prefix="headwise-soak-test-"), "soak.json")
     cmd = [sys.executable, SOAK, "--headwise", a.headwise, "--model", a.model,
-           "--duration", "45", "--clients", "4", "--hang-timeout", "90", "--out", out]
+           "--duration", "45", "--warmup", "0.3", "--clients", "4", "--hang-timeout", "90",
+           "--out", out]
     print(" ".join(cmd), flush=True)
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
