@@ -40,4 +40,12 @@ void DequantizeKeys(const KeyQuantFormat& f, const uint8_t* codes, const float* 
 void QuantizedKeyScores(const KeyQuantFormat& f, const float* q, const uint8_t* codes,
                         const float* scale_zero, int64_t rows, float* scores);
 
+// The same for `n_q` queries at once (n_q x f.dim floats, contiguous):
+// scores[j * scores_stride + r] = q_j . row r, each row unpacked once for
+// all queries, accumulated in f32 (the decode-time path; QuantizedKeyScores
+// is its f64 reference). n_q <= 64, f.dim <= 256.
+void QuantizedKeyScoresMulti(const KeyQuantFormat& f, const float* q, int32_t n_q,
+                             const uint8_t* codes, const float* scale_zero, int64_t rows,
+                             float* scores, int64_t scores_stride);
+
 }  // namespace headwise::kernels

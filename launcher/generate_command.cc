@@ -1,4 +1,4 @@
-// `headwise generate`: one prompt, generated with the exact policy, streamed
+// `headwise generate`: one prompt, generated under --policy (exact unless told), streamed
 // to stdout; throughput to stderr; optional stats JSON. Under mpirun/srun
 // (more than one rank) rank 0 generates with its KV spread over every rank's
 // pool and the other ranks serve as memory ranks until it is done.
@@ -134,6 +134,10 @@ absl::Status WriteStats(const std::string& path, const GenerateFlags& flags,
       {"policy", result.policy},
       {"blocks_attended", result.stream.blocks_attended},
       {"blocks_total", result.stream.blocks_total},
+      {"tokens_attended", result.stream.tokens_attended},
+      {"tokens_total", result.stream.tokens_total},
+      {"key_cache_bytes", result.key_cache_bytes},
+      {"tokens_evicted", result.tokens_evicted},
       {"device", flags.runtime.device},
       {"kv_dtype", flags.runtime.kv_dtype},
       {"kv_block", flags.runtime.kv_block},

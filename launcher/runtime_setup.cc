@@ -46,18 +46,34 @@ void AddRuntimeOptions(CLI::App& cmd, RuntimeFlags& flags) {
                  "Remote partials: auto (cost model), pull (read KV here) or delegate (compute "
                  "where the KV is)")
       ->capture_default_str();
-  cmd.add_option("--policy", flags.policy,
-                 "Attention policy of decode steps: exact, or hybrid (HGCA: sinks + recent window "
-                 "densely, the best-scoring other blocks up to --hybrid-budget; approximate)")
+  cmd.add_option(
+         "--policy", flags.policy,
+         "Attention policy of decode steps: exact; hybrid (HGCA: sinks + recent window "
+         "densely, the best-scoring other blocks up to --hybrid-budget); quantkv "
+         "(HCAttention: int4/int2 keys score every token, the tokens covering --quantkv-tau "
+         "of the attention are attended exactly, eviction past --kv-budget). The last two "
+         "are approximate and named in every result's stats")
       ->capture_default_str();
   cmd.add_option("--hybrid-budget", flags.hybrid_budget,
                  "hybrid: fraction of the sequence's tokens each decode step attends, (0, 1]")
       ->capture_default_str();
-  cmd.add_option("--hybrid-window", flags.hybrid_window,
-                 "hybrid: the most recent tokens always attended")
+  cmd.add_option("--kv-budget", flags.kv_budget,
+                 "quantkv: fraction of the sequence's tokens kept; past it the least attended "
+                 "are evicted (never sinks or window), (0, 1]")
       ->capture_default_str();
-  cmd.add_option("--hybrid-sinks", flags.hybrid_sinks,
-                 "hybrid: the first tokens always attended (attention sinks)")
+  cmd.add_option("--quantkv-tau", flags.quantkv_tau,
+                 "quantkv: approximate attention mass each decode step attends, (0, 1]")
+      ->capture_default_str();
+  cmd.add_option("--quantkv-top-k", flags.quantkv_top_k,
+                 "quantkv: at most this many selected tokens per kv head and step (0: no cap)")
+      ->capture_default_str();
+  cmd.add_option("--quantkv-bits", flags.quantkv_bits, "quantkv: key bits, 4 or 2")
+      ->capture_default_str();
+  cmd.add_option("--window-tokens,--hybrid-window", flags.window_tokens,
+                 "hybrid, quantkv: the most recent tokens always attended")
+      ->capture_default_str();
+  cmd.add_option("--sink-tokens,--hybrid-sinks", flags.sink_tokens,
+                 "hybrid, quantkv: the first tokens always attended (attention sinks)")
       ->capture_default_str();
   cmd.add_option("--peer-timeout", flags.peer_timeout,
                  "Seconds a rank may stay silent before its requests fail UNAVAILABLE")
@@ -71,6 +87,25 @@ int Fail(std::string_view command, const absl::Status& status) {
   }
   std::cerr << status.message() << "\n";
   return 1;
+}
+
+absl::StatusOr<kv::AttentionPolicy> PolicyFromFlags(const RuntimeFlags& flags) {
+  std::optional<kv::AttentionPolicy::Kind> kind = kv::ParsePolicyKind(flags.policy);
+  if (!kind) {
+    return absl::InvalidArgumentError("--policy must be exact, hybrid or quantkv, got '" +
+                                      flags.policy + "'");
+  }
+  kv::AttentionPolicy policy;
+  policy.kind = *kind;
+  policy.sink_tokens = flags.sink_tokens;
+  policy.window_tokens = flags.window_tokens;
+  policy.budget =
+      *kind == kv::AttentionPolicy::Kind::kQuantKv ? flags.kv_budget : flags.hybrid_budget;
+  policy.tau = flags.quantkv_tau;
+  policy.top_k = flags.quantkv_top_k;
+  policy.key_bits = flags.quantkv_bits;
+  if (absl::Status s = policy.Validate(); !s.ok()) return s;
+  return policy;
 }
 
 absl::StatusOr<Runtime> StartRuntime(const RuntimeFlags& flags, std::string_view command) {
@@ -100,15 +135,8 @@ absl::StatusOr<Runtime> StartRuntime(const RuntimeFlags& flags, std::string_view
     return absl::InvalidArgumentError("--mode must be auto, pull or delegate, got '" + flags.mode +
                                       "'");
   }
-  std::optional<kv::AttentionPolicy::Kind> policy_kind = kv::ParsePolicyKind(flags.policy);
-  if (!policy_kind) {
-    return absl::InvalidArgumentError(
-        "--policy must be exact or hybrid, got '" + flags.policy +
-        (flags.policy == "quantkv" ? "' (quantkv is not available yet)" : "'"));
-  }
-  const kv::AttentionPolicy policy{*policy_kind, flags.hybrid_sinks, flags.hybrid_window,
-                                   flags.hybrid_budget};
-  if (absl::Status s = policy.Validate(); !s.ok()) return s;
+  absl::StatusOr<kv::AttentionPolicy> policy = PolicyFromFlags(flags);
+  if (!policy.ok()) return policy.status();
   if (!(flags.peer_timeout > 0)) {
     return absl::InvalidArgumentError("--peer-timeout must be > 0 seconds");
   }
@@ -158,7 +186,7 @@ absl::StatusOr<Runtime> StartRuntime(const RuntimeFlags& flags, std::string_view
   base.device_budget_bytes = static_cast<int64_t>(*device_mem);
   base.host_budget_bytes = static_cast<int64_t>(*host_mem);
   base.disk = disk;
-  base.policy = policy;
+  base.policy = *policy;
   if (rt.cluster != nullptr) {
     base.transport = &rt.cluster->transport();
     base.placement = *placement;

@@ -37,9 +37,16 @@ struct RuntimeFlags {
   double peer_timeout = 10;
   std::string policy = "exact";
   double hybrid_budget = 0.25;
-  int32_t hybrid_window = 512;
-  int32_t hybrid_sinks = 4;
+  double kv_budget = 0.25;
+  double quantkv_tau = 0.9;
+  int32_t quantkv_top_k = 0;
+  int32_t quantkv_bits = 4;
+  int32_t window_tokens = 512;
+  int32_t sink_tokens = 4;
 };
+
+// The attention policy the flags name (InvalidArgument naming a bad one).
+absl::StatusOr<kv::AttentionPolicy> PolicyFromFlags(const RuntimeFlags& flags);
 
 // Adds -m/--model and the options above (environment twins come from
 // AddEnvTwins, called by the subcommand after all its options).

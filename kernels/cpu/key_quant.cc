@@ -80,4 +80,51 @@ void QuantizedKeyScores(const KeyQuantFormat& f, const float* q, const uint8_t* 
   }
 }
 
+void QuantizedKeyScoresMulti(const KeyQuantFormat& f, const float* q, int32_t n_q,
+                             const uint8_t* codes, const float* scale_zero, int64_t rows,
+                             float* scores, int64_t scores_stride) {
+  constexpr int32_t kMaxDim = 256, kMaxQ = 64, kLanes = 8;
+  const int32_t groups = f.Groups(), levels = (1 << f.bits) - 1, per_byte = 8 / f.bits;
+  // Per query and group, the sum of its values (the zero's weight).
+  float q_sums[kMaxQ][kMaxDim];
+  for (int32_t j = 0; j < n_q; ++j) {
+    for (int32_t g = 0; g < groups; ++g) {
+      float sum = 0;
+      for (int32_t i = 0; i < f.group; ++i) sum += q[j * f.dim + g * f.group + i];
+      q_sums[j][g] = sum;
+    }
+  }
+  // Codes as floats, one byte's worth at a time from a table.
+  float table[256][4];
+  for (int32_t byte = 0; byte < 256; ++byte) {
+    for (int32_t k = 0; k < per_byte; ++k) table[byte][k] = float((byte >> (k * f.bits)) & levels);
+  }
+  alignas(32) float unpacked[kMaxDim];
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* in = codes + r * f.CodeBytes();
+    for (int32_t b = 0; b < f.CodeBytes(); ++b) {
+      for (int32_t k = 0; k < per_byte; ++k) unpacked[b * per_byte + k] = table[in[b]][k];
+    }
+    const float* sz = scale_zero + 2 * r * groups;
+    for (int32_t j = 0; j < n_q; ++j) {
+      const float* qj = q + j * f.dim;
+      float total = 0;
+      for (int32_t g = 0; g < groups; ++g) {
+        // Lanes of partial sums let the compiler vectorize without reassociating.
+        float lanes[kLanes] = {};
+        const int32_t base = g * f.group, full = f.group / kLanes * kLanes;
+        for (int32_t i = 0; i < full; i += kLanes) {
+          for (int32_t l = 0; l < kLanes; ++l)
+            lanes[l] += qj[base + i + l] * unpacked[base + i + l];
+        }
+        float dot = 0;
+        for (int32_t l = 0; l < kLanes; ++l) dot += lanes[l];
+        for (int32_t i = full; i < f.group; ++i) dot += qj[base + i] * unpacked[base + i];
+        total += sz[2 * g + 1] * q_sums[j][g] + sz[2 * g] * dot;
+      }
+      scores[j * scores_stride + r] = total;
+    }
+  }
+}
+
 }  // namespace headwise::kernels

@@ -14,9 +14,9 @@
 #include <numeric>
 #include <vector>
 
-#include "kernels/key_summary.h"
 #include "kernels/lse.h"
 #include "runtime/attention/near_storage.h"
+#include "runtime/attention/policy.h"
 #include "runtime/attention/remote.h"
 
 namespace headwise::attention {
@@ -27,9 +27,6 @@ using Clock = std::chrono::steady_clock;
 double Since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
-
-// Per kv head, the sealed block indices one rank holds.
-using HeadLists = std::vector<std::vector<int32_t>>;
 
 struct Item {
   int32_t rank;                  // 0: this rank's blocks
@@ -109,11 +106,17 @@ class LayerAttention {
     const int world = store_.distributed() ? store_.transport()->size() : 1;
     std::vector<HeadLists> disk_lists;
     std::vector<HeadLists> lists = Lists(a_.layer, sealed, world, &disk_lists);
-    if (store_.policy().kind == kv::AttentionPolicy::Kind::kHybrid && a_.n_rows == 1) {
-      SelectHybrid(sealed, lists, disk_lists, stats);
-    } else if (stats != nullptr) {
-      stats->blocks_attended += int64_t(sealed) * g_.n_kv_heads;
-      stats->blocks_total += int64_t(sealed) * g_.n_kv_heads;
+    const DecodeRow row{a_.layer, a_.q, group_, sealed};
+    using Kind = kv::AttentionPolicy::Kind;
+    if (store_.policy().kind == Kind::kHybrid && a_.n_rows == 1) {
+      SelectHybrid(store_, row, lists, disk_lists, stats);
+    } else if (store_.policy().kind == Kind::kQuantKv && a_.n_rows == 1) {
+      SelectQuantKv(store_, row, lists, disk_lists, &selection_, stats);
+    } else {
+      if (store_.policy().kind == Kind::kQuantKv) {
+        ObservePrefill(store_, a_.layer, a_.q, a_.n_rows, a_.n_heads);
+      }
+      CountAll(sealed, stats);
     }
 
     // Delegated partials go out first: memory ranks compute while this rank
@@ -171,6 +174,17 @@ class LayerAttention {
     comm::RmaTicket ticket;
   };
 
+  // Exact: every sealed block (and for a decode row every token) attended.
+  void CountAll(int32_t sealed, StreamStats* stats) const {
+    if (stats == nullptr) return;
+    stats->blocks_attended += int64_t(sealed) * g_.n_kv_heads;
+    stats->blocks_total += int64_t(sealed) * g_.n_kv_heads;
+    if (a_.n_rows == 1) {
+      stats->tokens_attended += store_.n_tokens(a_.layer) * g_.n_kv_heads;
+      stats->tokens_total += store_.n_tokens(a_.layer) * g_.n_kv_heads;
+    }
+  }
+
   static bool Empty(const HeadLists& lists) {
     return std::all_of(lists.begin(), lists.end(), [](const auto& l) { return l.empty(); });
   }
@@ -192,57 +206,6 @@ class LayerAttention {
       }
     }
     return lists;
-  }
-
-  // HGCA's selection for one decode row: per kv head the dense blocks (the
-  // sinks' and the recent window's) and, of the others, those whose key
-  // bounds score highest for any of the head's queries, until the policy's
-  // budget of the sequence's tokens (open blocks included) is attended. The
-  // rest leave every rank's lists. Ties keep the earlier block.
-  void SelectHybrid(int32_t sealed, std::vector<HeadLists>& lists, std::vector<HeadLists>& disk,
-                    StreamStats* stats) const {
-    const kv::AttentionPolicy& p = store_.policy();
-    const int64_t bt = g_.block_tokens, hd = g_.head_dim;
-    const int64_t length = store_.n_tokens(a_.layer);
-    const int64_t budget = static_cast<int64_t>(std::ceil(p.budget * double(length)));
-    const int64_t sink_blocks = (p.sink_tokens + bt - 1) / bt;
-    const int64_t window_start = length - p.window_tokens;
-    std::vector<char> keep;
-    std::vector<std::pair<float, int32_t>> candidates;
-    for (int32_t h = 0; h < g_.n_kv_heads; ++h) {
-      keep.assign(size_t(sealed), 0);
-      candidates.clear();
-      int64_t attended = length - int64_t(sealed) * bt;  // the open blocks
-      for (int32_t b = 0; b < sealed; ++b) {
-        if (b < sink_blocks || (b + 1) * bt > window_start) {
-          keep[b] = 1;
-          attended += bt;
-          continue;
-        }
-        const float* bounds = store_.KeyBounds(a_.layer, h, b);
-        float score = -std::numeric_limits<float>::infinity();
-        for (int32_t j = 0; j < group_; ++j) {
-          const float* q = a_.q + (int64_t(h) * group_ + j) * hd;
-          score = std::max(score, kernels::KeyBoundScore(q, bounds, bounds + hd, int32_t(hd)));
-        }
-        candidates.push_back({score, b});
-      }
-      std::stable_sort(candidates.begin(), candidates.end(),
-                       [](const auto& x, const auto& y) { return x.first > y.first; });
-      for (const auto& [score, b] : candidates) {
-        if (attended >= budget) break;
-        keep[b] = 1;
-        attended += bt;
-      }
-      int64_t kept = 0;
-      for (std::vector<HeadLists>* all : {&lists, &disk}) {
-        for (HeadLists& rank : *all) {
-          std::erase_if(rank[h], [&](int32_t b) { return !keep[b]; });
-          kept += static_cast<int64_t>(rank[h].size());
-        }
-      }
-      if (stats != nullptr) stats->blocks_attended += kept, stats->blocks_total += sealed;
-    }
   }
 
   cluster::ExecMode Mode(int32_t rank, const HeadLists& lists, const HeadLists& disk) const {
@@ -271,6 +234,8 @@ class LayerAttention {
         head.slots.push_back(store_.Home(a_.layer, h, b).slot);
         head.n_tokens.push_back(store_.BlockTokens(a_.layer, b));
         head.pos0.push_back(b * g_.block_tokens);
+        const std::span<const uint16_t> tokens = selection_.Of(h, b);
+        head.tokens.emplace_back(tokens.begin(), tokens.end());
       }
       blocks += static_cast<int64_t>(disk[h].size());
     }
@@ -309,10 +274,14 @@ class LayerAttention {
           views_.push_back(
               {k, k + block / 2, store_.BlockTokens(a_.layer, b), b * g_.block_tokens});
         }
+        gather_.Clear();
         if (absl::Status s =
                 kv::FetchRemote(*store_.transport(), rank, block, slots, buffer.data());
             !s.ok()) {
           return s;
+        }
+        for (size_t i = 0; i < n; ++i) {
+          views_[i] = gather_.Add(views_[i], selection_.Of(h, disk[h][first + i]), RowBytes());
         }
         if (!kernels::PartialAttention(Args(h, h + 1, views_.data(), static_cast<int32_t>(n), false,
                                             part_o_.data(), part_lse_.data()))) {
@@ -361,6 +330,24 @@ class LayerAttention {
     part_lse_.resize(a_.n_rows * a_.n_heads);
   }
 
+  int64_t RowBytes() const {
+    return int64_t(g_.head_dim) * int64_t(kernels::KvDtypeSize(g_.dtype));
+  }
+
+  // Replaces the views of `item`'s partly selected blocks by gathered copies
+  // of their selected tokens (host-readable buffers: cpu and sim devices).
+  void ApplySelection(const Item& item, std::vector<kernels::KvBlockView>& views) {
+    if (selection_.empty()) return;
+    gather_.Clear();
+    const int32_t n = item.end - item.begin;
+    for (int32_t h = item.head_begin; h < item.head_end; ++h) {
+      for (int32_t k = item.begin; k < item.end; ++k) {
+        kernels::KvBlockView& view = views[size_t(h - item.head_begin) * n + (k - item.begin)];
+        view = gather_.Add(view, selection_.Of(h, lists_[item.rank][h][k]), RowBytes());
+      }
+    }
+  }
+
   // Computes `views` of `item` and merges the partial into the output.
   absl::Status ComputeItem(const Item& item, const std::vector<kernels::KvBlockView>& views) {
     absl::Status s = store_.device().PartialAttention(
@@ -379,9 +366,12 @@ class LayerAttention {
     for (const Item& item : items) {
       std::vector<kernels::KvBlockView>& views = views_;
       views.clear();
+      gather_.Clear();
       for (int32_t h = item.head_begin; h < item.head_end; ++h) {
         for (int32_t i = item.begin; i < item.end; ++i) {
-          views.push_back(store_.View(a_.layer, h, local[h][i]));
+          const int32_t b = local[h][i];
+          views.push_back(
+              gather_.Add(store_.View(a_.layer, h, b), selection_.Of(h, b), RowBytes()));
         }
       }
       if (absl::Status s = ComputeItem(item, views); !s.ok()) return s;
@@ -546,6 +536,7 @@ class LayerAttention {
 
       const Item& item = items[i];
       const Clock::time_point compute_start = Clock::now();
+      ApplySelection(item, views[slot]);
       if (absl::Status s = ComputeItem(item, views[slot]); !s.ok()) return s;
       compute += Since(compute_start);
       const int64_t bytes =
@@ -582,11 +573,21 @@ class LayerAttention {
       std::vector<RemoteBlock>& blocks = request.blocks.emplace_back();
       for (int32_t b : lists[h]) {
         blocks.push_back({static_cast<uint64_t>(store_.RemoteOffset(a_.layer, h, b)),
-                          store_.BlockTokens(a_.layer, b), b * g_.block_tokens});
+                          store_.BlockTokens(a_.layer, b),
+                          b * g_.block_tokens,
+                          0,
+                          {}});
+        const std::span<const uint16_t> tokens = selection_.Of(h, b);
+        blocks.back().tokens.assign(tokens.begin(), tokens.end());
       }
       for (int32_t b : disk[h]) {
         blocks.push_back({static_cast<uint64_t>(store_.Home(a_.layer, h, b).slot),
-                          store_.BlockTokens(a_.layer, b), b * g_.block_tokens, /*on_disk=*/1});
+                          store_.BlockTokens(a_.layer, b),
+                          b * g_.block_tokens,
+                          /*on_disk=*/1,
+                          {}});
+        const std::span<const uint16_t> tokens = selection_.Of(h, b);
+        blocks.back().tokens.assign(tokens.begin(), tokens.end());
       }
     }
     const int64_t width = int64_t(group_) * g_.head_dim;
@@ -642,6 +643,8 @@ class LayerAttention {
   std::vector<float> lse_, part_o_, part_lse_;
   std::vector<kernels::KvBlockView> views_;
   std::vector<HeadLists> lists_;
+  Selection selection_;  // quantkv: tokens of partly attended blocks
+  TokenGather gather_;
   std::deque<Delegated> delegated_;  // stable addresses: replies land in place
 };
 

@@ -52,6 +52,9 @@ struct StreamStats {
   // Sealed (layer, kv head, block)s the policy let attention read, of all.
   int64_t blocks_attended = 0;
   int64_t blocks_total = 0;
+  // Tokens (per layer and kv head, open ones included) attended, of all.
+  int64_t tokens_attended = 0;
+  int64_t tokens_total = 0;
 };
 
 // Runs attention for args.n_rows new tokens at positions store.n_tokens(layer)

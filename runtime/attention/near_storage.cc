@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/lse.h"
+#include "runtime/attention/token_gather.h"
 
 namespace headwise::attention {
 
@@ -22,6 +23,7 @@ absl::Status AttendFromDisk(kv::DiskPool& disk, std::span<DiskHead> heads, int64
 
   const int64_t block_bytes = disk.block_bytes();
   std::vector<kernels::KvBlockView> views;
+  TokenGather gather;
   std::vector<float> o, lse;
   size_t h = 0;
   return disk.Stream(slots, window_bytes, [&](size_t first, size_t n, const uint8_t* data) {
@@ -29,11 +31,16 @@ absl::Status AttendFromDisk(kv::DiskPool& disk, std::span<DiskHead> heads, int64
       while (head_begin[h + 1] <= at) ++h;
       const size_t end = std::min(first + n, head_begin[h + 1]);
       DiskHead& head = heads[h];
+      const int64_t row_bytes =
+          int64_t(head.args.head_dim) * int64_t(kernels::KvDtypeSize(head.args.kv_dtype));
       views.clear();
+      gather.Clear();
       for (size_t i = at; i < end; ++i) {
         const uint8_t* k = data + (i - first) * block_bytes;
         const size_t j = i - head_begin[h];
-        views.push_back({k, k + block_bytes / 2, head.n_tokens[j], head.pos0[j]});
+        const kernels::KvBlockView view{k, k + block_bytes / 2, head.n_tokens[j], head.pos0[j]};
+        views.push_back(j < head.tokens.size() ? gather.Add(view, head.tokens[j], row_bytes)
+                                               : view);
       }
       const kernels::PartialAttentionArgs& acc = head.args;
       const int64_t rows = acc.n_rows, width = int64_t(acc.group_size) * acc.head_dim;

@@ -24,6 +24,9 @@ struct DiskHead {
   std::vector<int64_t> slots;  // disk slots, attended in this order
   std::vector<int32_t> n_tokens;
   std::vector<int32_t> pos0;  // position of each block's first token
+  // Per block, the token offsets attended (increasing); empty or missing:
+  // the whole block.
+  std::vector<std::vector<uint16_t>> tokens;
 };
 
 // Streams every head's blocks through a read-ahead window of

@@ -61,6 +61,8 @@ std::vector<std::byte> EncodeDelegate(const DelegateRequest& r) {
       w.Put(b.n_tokens);
       w.Put(b.pos0);
       w.Put(b.on_disk);
+      w.Put(static_cast<int32_t>(b.tokens.size()));
+      w.PutArray(b.tokens.data(), b.tokens.size());
     }
   }
   w.PutArray(r.q.data(), r.q.size());
@@ -184,11 +186,12 @@ absl::StatusOr<comm::CallReply> MemoryRank::Delegate(std::span<const std::byte> 
   std::vector<int32_t> counts(static_cast<size_t>(n_heads));
   std::vector<DiskHead> disk;  // by entry, for entries with disk blocks
   views_.clear();
+  gather_.Clear();
   int64_t kv_bytes = 0;
   for (int32_t j = 0; j < n_heads; ++j) {
     int32_t head = 0, n_blocks = 0;
     in.Get(&head), in.Get(&n_blocks);
-    if (!in.ok() || n_blocks < 0 || uint64_t(n_blocks) * 20 > in.remaining()) {
+    if (!in.ok() || n_blocks < 0 || uint64_t(n_blocks) * 24 > in.remaining()) {
       return Malformed(absl::StrCat("block list of entry ", j));
     }
     counts[j] = 0;
@@ -202,17 +205,37 @@ absl::StatusOr<comm::CallReply> MemoryRank::Delegate(std::span<const std::byte> 
                                       " tokens at ", block.on_disk ? "disk slot " : "offset ",
                                       block.offset, ", pool of ", pool_bytes, " bytes"));
       }
-      kv_bytes += 2 * int64_t(block.n_tokens) * head_dim * int64_t(kernels::KvDtypeSize(kv_dtype));
+      int32_t n_selected = 0;
+      in.Get(&n_selected);
+      if (!in.ok() || n_selected < 0 || n_selected > block.n_tokens ||
+          uint64_t(n_selected) * 2 > in.remaining()) {
+        return Malformed(absl::StrCat("token selection of block ", b, " of kv head ", head));
+      }
+      block.tokens.resize(size_t(n_selected));
+      if (n_selected > 0) {
+        std::memcpy(block.tokens.data(), in.Take(block.tokens.size() * 2), block.tokens.size() * 2);
+      }
+      for (int32_t i = 0; i < n_selected; ++i) {
+        if (block.tokens[i] >= block.n_tokens ||
+            (i > 0 && block.tokens[i] <= block.tokens[i - 1])) {
+          return Malformed(absl::StrCat("token selection of block ", b, " of kv head ", head,
+                                        ": offset ", block.tokens[i], " of ", block.n_tokens));
+        }
+      }
+      const int64_t attended = n_selected > 0 ? n_selected : block.n_tokens;
+      kv_bytes += 2 * attended * head_dim * int64_t(kernels::KvDtypeSize(kv_dtype));
       if (block.on_disk) {
         if (disk.size() <= size_t(j)) disk.resize(size_t(j) + 1);
         DiskHead& d = disk[j];
         d.slots.push_back(static_cast<int64_t>(block.offset));
         d.n_tokens.push_back(block.n_tokens);
         d.pos0.push_back(block.pos0);
+        d.tokens.push_back(std::move(block.tokens));
         continue;
       }
       const uint8_t* k = pool + block.offset;
-      views_.push_back({k, k + half, block.n_tokens, block.pos0});
+      views_.push_back(gather_.Add({k, k + half, block.n_tokens, block.pos0}, block.tokens,
+                                   int64_t(head_dim) * int64_t(kernels::KvDtypeSize(kv_dtype))));
       ++counts[j];
     }
   }

@@ -15,6 +15,7 @@
 #include "cluster/cost_model.h"
 #include "comm/kv_transport.h"
 #include "kernels/ops.h"
+#include "runtime/attention/token_gather.h"
 #include "runtime/device/device.h"
 #include "runtime/kv/storage_rank.h"
 
@@ -27,6 +28,8 @@ struct RemoteBlock {
   int32_t n_tokens = 0;
   int32_t pos0 = 0;  // position of its first token
   int32_t on_disk = 0;
+  // The token offsets attended (quantkv), increasing; empty: all of them.
+  std::vector<uint16_t> tokens;
 };
 
 // A delegate request: the partials of `heads` (kv head indices, in reply
@@ -87,6 +90,7 @@ class MemoryRank {
   MemoryRankStats stats_;
   double disk_read_gbps_ = -1;  // measured on the first probe
   std::vector<kernels::KvBlockView> views_;
+  TokenGather gather_;
   std::vector<float> o_, lse_;
 };
 

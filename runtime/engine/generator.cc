@@ -206,6 +206,10 @@ absl::StatusOr<GenerateResult> GenerateOn(model::LlamaModel& llm, const model::T
   }
   result.decode_seconds = Seconds(decode_start);
   result.device_tier = cache.tier_stats(kv::Tier::kDevice);
+  if (const kv::KeyCache* keys = cache.key_cache(); keys != nullptr) {
+    result.key_cache_bytes = keys->bytes();
+    result.tokens_evicted = keys->n_evicted();
+  }
   result.host_tier = cache.tier_stats(kv::Tier::kHost);
   if (const cluster::PlacementPlan* plan = cache.placement(); plan != nullptr) {
     for (int32_t r = 0; r < plan->world_size(); ++r) {

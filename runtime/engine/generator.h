@@ -64,6 +64,10 @@ struct GenerateResult {
   double decode_seconds = 0;
   kv::KvMode kv_mode = kv::KvMode::kResident;
   std::string policy = "exact";  // the store's policy, described (approximate ones say so)
+  // quantkv: the quantized keys' bytes on the coordinator, and the (layer,
+  // kv head, token)s evicted by the end of the request.
+  int64_t key_cache_bytes = 0;
+  int64_t tokens_evicted = 0;
   kv::TierStats device_tier;
   kv::TierStats host_tier;
   // Distributed runs: every rank's share of the sealed blocks (rank 0's is

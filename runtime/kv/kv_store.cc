@@ -34,20 +34,55 @@ int64_t KvGeometry::TokenBytes() const {
   return 2 * int64_t(n_layers) * n_kv_heads * head_dim * int64_t(kernels::KvDtypeSize(dtype));
 }
 
+const char* AttentionPolicy::Name() const {
+  switch (kind) {
+    case Kind::kExact:
+      return "exact";
+    case Kind::kHybrid:
+      return "hybrid";
+    case Kind::kQuantKv:
+      return "quantkv";
+  }
+  return "?";
+}
+
 std::string AttentionPolicy::Describe() const {
-  if (kind == Kind::kExact) return "exact";
-  return absl::StrFormat("hybrid(budget=%g, window=%d, sinks=%d)", budget, window_tokens,
-                         sink_tokens);
+  switch (kind) {
+    case Kind::kExact:
+      return "exact";
+    case Kind::kHybrid:
+      return absl::StrFormat("hybrid(budget=%g, window=%d, sinks=%d)", budget, window_tokens,
+                             sink_tokens);
+    case Kind::kQuantKv:
+      return absl::StrFormat(
+          "quantkv(kv_budget=%g, tau=%g, top_k=%d, key_bits=%d, window=%d, "
+          "sinks=%d)",
+          budget, tau, top_k, key_bits, window_tokens, sink_tokens);
+  }
+  return "?";
 }
 
 absl::Status AttentionPolicy::Validate() const {
+  const std::string name(Name());
   if (!(budget > 0 && budget <= 1)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the hybrid budget must be in (0, 1], got ", absl::StrFormat("%g", budget)));
+        absl::StrCat("the ", name, " ", kind == Kind::kQuantKv ? "kv budget" : "budget",
+                     " must be in (0, 1], got ", absl::StrFormat("%g", budget)));
   }
   if (window_tokens < 0 || sink_tokens < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("hybrid window and sinks must be >= 0, got ",
+    return absl::InvalidArgumentError(absl::StrCat(name, " window and sinks must be >= 0, got ",
                                                    window_tokens, " and ", sink_tokens));
+  }
+  if (!(tau > 0 && tau <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quantkv tau must be in (0, 1], got ", absl::StrFormat("%g", tau)));
+  }
+  if (top_k < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("quantkv top-k must be >= 0, got ", top_k));
+  }
+  if (key_bits != 4 && key_bits != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quantkv key bits must be 4 or 2, got ", key_bits));
   }
   return absl::OkStatus();
 }
@@ -55,6 +90,7 @@ absl::Status AttentionPolicy::Validate() const {
 std::optional<AttentionPolicy::Kind> ParsePolicyKind(std::string_view name) {
   if (name == "exact") return AttentionPolicy::Kind::kExact;
   if (name == "hybrid") return AttentionPolicy::Kind::kHybrid;
+  if (name == "quantkv") return AttentionPolicy::Kind::kQuantKv;
   return std::nullopt;
 }
 
@@ -162,9 +198,35 @@ absl::StatusOr<std::unique_ptr<KvStore>> KvStore::Create(const KvStoreOptions& o
   return store;
 }
 
+absl::Status KvStore::set_policy(const AttentionPolicy& policy) {
+  using Kind = AttentionPolicy::Kind;
+  if (absl::Status s = policy.Validate(); !s.ok()) return s;
+  if (policy.kind == Kind::kQuantKv && !device_->capabilities().host_writes_device_memory) {
+    return absl::UnimplementedError(
+        "quantkv gathers the selected tokens with the CPU: it needs the cpu or sim device (cuda: "
+        "not yet)");
+  }
+  const bool bounds = options_.keep_key_summaries || policy.kind == Kind::kHybrid;
+  const bool keys = options_.keep_key_summaries || policy.kind == Kind::kQuantKv;
+  const bool keys_fit = keys_ != nullptr && keys_->format().bits == policy.key_bits;
+  if (length() > 0 && ((bounds && !keep_bounds_) || (policy.kind == Kind::kQuantKv && !keys_fit))) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("this sequence did not keep the key summaries ", policy.Name(),
+                     " needs (create the store with that policy or keep_key_summaries)"));
+  }
+  keep_bounds_ = keep_bounds_ || bounds;
+  if (keys && !keys_fit && length() == 0) {
+    const KvGeometry& g = geometry_;
+    keys_ = std::make_unique<KeyCache>(g.n_layers, g.n_kv_heads, g.head_dim, policy.key_bits);
+  }
+  options_.policy = policy;
+  return absl::OkStatus();
+}
+
 absl::Status KvStore::Init() {
   const KvGeometry& g = geometry_;
   zero_copy_ = device_->capabilities().zero_copy_host;
+  if (absl::Status s = set_policy(options_.policy); !s.ok()) return s;
   const int64_t block = g.BlockBytes();
   const int64_t heads = int64_t(g.n_layers) * g.n_kv_heads;
   const int64_t budget = options_.device_budget_bytes;
@@ -349,8 +411,9 @@ absl::Status KvStore::Append(int32_t layer, const float* k, const float* v, int6
     }
   }
   n_tokens_[layer] = first + rows;
-  // Key bounds of the blocks the rows land in (from the f32 keys: any device).
-  for (int32_t h = 0; h < g.n_kv_heads; ++h) {
+  // Key summaries of the rows, from the f32 keys (any device).
+  if (keys_ != nullptr) keys_->Append(layer, k, rows, row_stride);
+  for (int32_t h = 0; keep_bounds_ && h < g.n_kv_heads; ++h) {
     std::vector<float>& bounds = bounds_[layer][h];
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t pos = first + r, index = pos / g.block_tokens;
@@ -504,6 +567,7 @@ absl::Status KvStore::Truncate(int64_t n_tokens) {
   if (placement_) {
     if (absl::Status s = AwaitRemoteHomes(); !s.ok()) return s;
   }
+  if (keys_ != nullptr) keys_->Truncate(n_tokens);
   const int64_t bt = geometry_.block_tokens;
   for (int32_t layer = 0; layer < geometry_.n_layers; ++layer) {
     if (n_tokens_[layer] <= n_tokens) continue;

@@ -24,6 +24,7 @@
 #include "kernels/ops.h"
 #include "runtime/device/device.h"
 #include "runtime/kv/disk_pool.h"
+#include "runtime/kv/key_cache.h"
 #include "runtime/kv/storage_rank.h"
 
 namespace headwise::kv {
@@ -52,26 +53,41 @@ struct TierStats {
   int64_t budget_bytes = 0;  // 0: unlimited
 };
 
-// Which sealed KV a decode step attends to (DESIGN.md "policy"). `exact`:
-// all of it. `hybrid` (HGCA): per kv head, the blocks holding the first
-// `sink_tokens` and the last `window_tokens` tokens densely, and of the rest
-// the blocks whose key bounds (per-channel min/max, kernels/key_summary.h)
-// score highest for the step's queries, until `budget` of the sequence's
-// tokens are attended; prefill chunks are always exact. Approximate policies
-// are named in every result's stats (Describe).
+// Which sealed KV a decode step attends to (DESIGN.md "policy"); prefill
+// chunks are always exact, and approximate policies are named in every
+// result's stats (Describe).
+//  - exact: all of it.
+//  - hybrid (HGCA): per kv head, the blocks holding the first `sink_tokens`
+//    and the last `window_tokens` tokens densely, and of the rest the blocks
+//    whose key bounds (per-channel min/max, kernels/key_summary.h) score
+//    highest for the step's queries, until `budget` of the sequence's tokens
+//    are attended.
+//  - quantkv (HCAttention): keys quantized to `key_bits` on the coordinator
+//    (KeyCache) score every token; per kv head the sinks and the window plus
+//    the tokens whose approximate attention covers `tau` of the mass (at most
+//    `top_k` of them when > 0) are attended exactly where they live. Once
+//    more than `budget` of the tokens are kept, those with the least
+//    accumulated attention are evicted (never sinks or window).
 struct AttentionPolicy {
-  enum class Kind { kExact, kHybrid };
+  enum class Kind { kExact, kHybrid, kQuantKv };
   Kind kind = Kind::kExact;
   int32_t sink_tokens = 4;
   int32_t window_tokens = 512;
-  double budget = 0.25;  // fraction of the sequence's tokens attended, (0, 1]
+  // hybrid: fraction of the tokens attended; quantkv: fraction kept (the KV
+  // budget). In (0, 1].
+  double budget = 0.25;
+  double tau = 0.9;      // quantkv: approximate attention mass selected, (0, 1]
+  int32_t top_k = 0;     // quantkv: most tokens selected per kv head (0: no cap)
+  int32_t key_bits = 4;  // quantkv: 4 or 2
 
-  // "exact", or "hybrid(budget=0.25, window=512, sinks=4)".
+  // "exact", "hybrid(budget=0.25, window=512, sinks=4)" or
+  // "quantkv(kv_budget=0.25, tau=0.9, top_k=0, key_bits=4, window=512, sinks=4)".
   std::string Describe() const;
   // InvalidArgument naming a bad knob.
   absl::Status Validate() const;
+  const char* Name() const;
 };
-// "exact" or "hybrid" (quantkv and others: nullopt).
+// "exact", "hybrid" or "quantkv" (others: nullopt).
 std::optional<AttentionPolicy::Kind> ParsePolicyKind(std::string_view name);
 
 struct KvStoreOptions {
@@ -112,6 +128,10 @@ struct KvStoreOptions {
 
   // The attention policy of this sequence (settable later: set_policy).
   AttentionPolicy policy;
+  // Keep every policy's key summaries (hybrid's bounds, quantkv's quantized
+  // keys) whatever the policy, so set_policy can switch a filled store (the
+  // fidelity harness prefills once and decodes under each policy).
+  bool keep_key_summaries = false;
 };
 
 // One block of a saved sequence: which it is, its tokens, and where its
@@ -185,7 +205,11 @@ class KvStore {
   // min then max per channel (2 * head_dim floats) over the f32 keys
   // appended to it (a truncated block keeps its wider bounds: still bounds).
   const AttentionPolicy& policy() const { return options_.policy; }
-  void set_policy(const AttentionPolicy& policy) { options_.policy = policy; }
+  // InvalidArgument for a bad policy; FailedPrecondition when the store
+  // holds tokens and did not keep the summaries the policy needs.
+  absl::Status set_policy(const AttentionPolicy& policy);
+  // quantkv's quantized keys and eviction state (null unless kept).
+  KeyCache* key_cache() const { return keys_.get(); }
   const float* KeyBounds(int32_t layer, int32_t head, int32_t block) const {
     return bounds_[layer][head].data() + size_t(block) * 2 * geometry_.head_dim;
   }
@@ -289,6 +313,8 @@ class KvStore {
   std::vector<int64_t> n_tokens_;
   std::vector<int32_t> n_sealed_;
   std::vector<std::vector<std::vector<float>>> bounds_;  // [layer][head]: blocks x (min, max)
+  bool keep_bounds_ = false;
+  std::unique_ptr<KeyCache> keys_;
   std::vector<Block*> in_flight_;  // blocks whose copy home has not been reclaimed
   device::DeviceBuffer staging_[2];
   int64_t staging_bytes_ = 0;

@@ -83,6 +83,10 @@ absl::StatusOr<std::vector<SnapshotBlock>> KvStore::Save(const std::string& dir)
 
 absl::Status KvStore::Load(const std::string& dir, std::span<const SnapshotBlock> blocks,
                            int64_t n_tokens) {
+  if (keep_bounds_ || keys_ != nullptr) {
+    return absl::FailedPreconditionError(
+        "snapshots keep no key summaries: restore the sequence under the exact policy");
+  }
   const KvGeometry& g = geometry_;
   const int world = distributed() ? options_.transport->size() : 1;
   const int64_t bt = g.block_tokens;

@@ -1,0 +1,241 @@
+#include "runtime/attention/policy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "kernels/key_summary.h"
+
+namespace headwise::attention {
+namespace {
+
+// Drops the blocks of kv head h that `keep` rejects from every rank's lists;
+// returns how many remain.
+int64_t KeepBlocks(int32_t h, const std::vector<char>& keep, std::vector<HeadLists>& lists,
+                   std::vector<HeadLists>& disk) {
+  int64_t kept = 0;
+  for (std::vector<HeadLists>* all : {&lists, &disk}) {
+    for (HeadLists& rank : *all) {
+      std::erase_if(rank[h], [&](int32_t b) { return !keep[b]; });
+      kept += static_cast<int64_t>(rank[h].size());
+    }
+  }
+  return kept;
+}
+
+}  // namespace
+
+// Per kv head: the dense blocks (the sinks' and the recent window's) and, of
+// the others, those whose key bounds score highest for any of the head's
+// queries, until the budget of the sequence's tokens (open blocks included)
+// is attended. Ties keep the earlier block.
+void SelectHybrid(const kv::KvStore& store, const DecodeRow& row, std::vector<HeadLists>& lists,
+                  std::vector<HeadLists>& disk, StreamStats* stats) {
+  const kv::AttentionPolicy& p = store.policy();
+  const kv::KvGeometry& g = store.geometry();
+  const int64_t bt = g.block_tokens, hd = g.head_dim;
+  const int64_t length = store.n_tokens(row.layer);
+  const int64_t budget = static_cast<int64_t>(std::ceil(p.budget * double(length)));
+  const int64_t sink_blocks = (p.sink_tokens + bt - 1) / bt;
+  const int64_t window_start = length - p.window_tokens;
+  std::vector<char> keep;
+  std::vector<std::pair<float, int32_t>> candidates;
+  for (int32_t h = 0; h < g.n_kv_heads; ++h) {
+    keep.assign(size_t(row.sealed), 0);
+    candidates.clear();
+    int64_t attended = length - int64_t(row.sealed) * bt;  // the open blocks
+    for (int32_t b = 0; b < row.sealed; ++b) {
+      if (b < sink_blocks || (b + 1) * bt > window_start) {
+        keep[b] = 1;
+        attended += bt;
+        continue;
+      }
+      const float* bounds = store.KeyBounds(row.layer, h, b);
+      float score = -std::numeric_limits<float>::infinity();
+      for (int32_t j = 0; j < row.group; ++j) {
+        const float* q = row.q + (int64_t(h) * row.group + j) * hd;
+        score = std::max(score, kernels::KeyBoundScore(q, bounds, bounds + hd, int32_t(hd)));
+      }
+      candidates.push_back({score, b});
+    }
+    std::stable_sort(candidates.begin(), candidates.end(),
+                     [](const auto& x, const auto& y) { return x.first > y.first; });
+    for (const auto& [score, b] : candidates) {
+      if (attended >= budget) break;
+      keep[b] = 1;
+      attended += bt;
+    }
+    const int64_t kept = KeepBlocks(h, keep, lists, disk);
+    if (stats != nullptr) {
+      stats->blocks_attended += kept, stats->blocks_total += row.sealed;
+      stats->tokens_attended += length - int64_t(row.sealed - kept) * bt;
+      stats->tokens_total += length;
+    }
+  }
+}
+
+namespace {
+
+// Runs [begin, end) of the tokens of (layer, head) below `end` not evicted.
+void LiveRuns(const std::vector<uint8_t>& evicted, int64_t end,
+              std::vector<std::pair<int64_t, int64_t>>& runs) {
+  runs.clear();
+  for (int64_t t = 0; t < end;) {
+    while (t < end && evicted[t]) ++t;
+    const int64_t begin = t;
+    while (t < end && !evicted[t]) ++t;
+    if (t > begin) runs.push_back({begin, t});
+  }
+}
+
+// Adds to mass[t] (t in the runs) `weight` times the mean over the `n_q`
+// queries of their softmax over the runs' approximate scores.
+void AddApproxAttention(const kv::KeyCache& cache, int32_t layer, int32_t head, const float* q,
+                        int32_t n_q, float scale, float weight,
+                        const std::vector<std::pair<int64_t, int64_t>>& runs,
+                        std::vector<float>& scores, int64_t stride, float* mass) {
+  for (const auto& [begin, end] : runs) {
+    cache.Scores(layer, head, q, n_q, begin, end, scores.data(), stride);
+  }
+  for (int32_t j = 0; j < n_q; ++j) {
+    float* s = scores.data() + int64_t(j) * stride;
+    float m = -std::numeric_limits<float>::infinity();
+    for (const auto& [begin, end] : runs) {
+      for (int64_t t = begin; t < end; ++t) m = std::max(m, s[t] *= scale);
+    }
+    double z = 0;
+    for (const auto& [begin, end] : runs) {
+      for (int64_t t = begin; t < end; ++t) z += s[t] = std::exp(s[t] - m);
+    }
+    const float w = static_cast<float>(weight / z);
+    for (const auto& [begin, end] : runs) {
+      for (int64_t t = begin; t < end; ++t) mass[t] += w * s[t];
+    }
+  }
+}
+
+}  // namespace
+
+void ObservePrefill(kv::KvStore& store, int32_t layer, const float* q, int64_t n_rows,
+                    int32_t n_heads) {
+  const kv::KvGeometry& g = store.geometry();
+  kv::KeyCache& cache = *store.key_cache();
+  const int32_t group = n_heads / g.n_kv_heads;
+  const int64_t hd = g.head_dim, length = store.n_tokens(layer);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int64_t rows = std::min<int64_t>(n_rows, kObservedRows);
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  std::vector<float> scores(static_cast<size_t>(group * length)), qh(size_t(group * hd));
+  std::vector<float> mass(static_cast<size_t>(length));
+  for (int32_t h = 0; h < g.n_kv_heads; ++h) {
+    std::fill(mass.begin(), mass.end(), 0.0f);
+    for (int64_t r = n_rows - rows; r < n_rows; ++r) {
+      // Row r sees the tokens up to its own position (causal).
+      const int64_t end = length - n_rows + r + 1;
+      LiveRuns(cache.evicted(layer, h), end, runs);
+      const float* row = q + (r * n_heads + int64_t(h) * group) * hd;
+      std::copy(row, row + group * hd, qh.begin());
+      AddApproxAttention(cache, layer, h, qh.data(), group, scale, 1.0f / float(group), runs,
+                         scores, length, mass.data());
+    }
+    cache.Observe(layer, h, mass.data(), length);
+  }
+}
+
+void SelectQuantKv(kv::KvStore& store, const DecodeRow& row, std::vector<HeadLists>& lists,
+                   std::vector<HeadLists>& disk, Selection* selection, StreamStats* stats) {
+  const kv::AttentionPolicy& p = store.policy();
+  const kv::KvGeometry& g = store.geometry();
+  kv::KeyCache& cache = *store.key_cache();
+  const int64_t bt = g.block_tokens, hd = g.head_dim;
+  const int64_t length = store.n_tokens(row.layer);
+  const int64_t sealed_tokens = int64_t(row.sealed) * bt;
+  const int64_t window_start = length - p.window_tokens;
+  const int64_t keep_tokens = static_cast<int64_t>(std::ceil(p.budget * double(length)));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  auto dense = [&](int64_t t) {
+    return t < p.sink_tokens || t >= window_start || t >= sealed_tokens;
+  };
+
+  selection->tokens.assign(g.n_kv_heads, std::vector<std::vector<uint16_t>>(row.sealed));
+  std::vector<float> scores(static_cast<size_t>(row.group * length));
+  std::vector<float> mass(static_cast<size_t>(length));
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  std::vector<int64_t> order;
+  std::vector<char> keep;
+  for (int32_t h = 0; h < g.n_kv_heads; ++h) {
+    std::vector<uint8_t>& evicted = cache.evicted(row.layer, h);
+    std::vector<float>& acc = cache.accumulated(row.layer, h);
+    // The group's mean approximate attention over the tokens still kept,
+    // accumulated (HCAttention / H2O's eviction score).
+    LiveRuns(evicted, length, runs);
+    std::fill(mass.begin(), mass.end(), 0.0f);
+    AddApproxAttention(cache, row.layer, h, row.q + int64_t(h) * row.group * hd, row.group, scale,
+                       1.0f / float(row.group), runs, scores, length, mass.data());
+    int64_t kept = 0;
+    for (const auto& [begin, end] : runs) {
+      kept += end - begin;
+      for (int64_t t = begin; t < end; ++t) acc[t] += mass[t];
+    }
+
+    // Past the budget the least accumulated attention goes first.
+    order.clear();
+    for (const auto& [begin, end] : runs) {
+      for (int64_t t = begin; t < end; ++t) {
+        if (!dense(t)) order.push_back(t);
+      }
+    }
+    if (kept > keep_tokens) {
+      const size_t drop = std::min<size_t>(order.size(), size_t(kept - keep_tokens));
+      std::partial_sort(
+          order.begin(), order.begin() + drop, order.end(),
+          [&](int64_t x, int64_t y) { return acc[x] < acc[y] || (acc[x] == acc[y] && x > y); });
+      for (size_t i = 0; i < drop; ++i) evicted[order[i]] = 1, mass[order[i]] = 0;
+      order.erase(order.begin(), order.begin() + drop);
+    }
+
+    // The dense tokens, then the heaviest others until tau of the kept mass.
+    double covered = 0, total = 0;
+    for (const auto& [begin, end] : runs) {
+      for (int64_t t = begin; t < end; ++t) {
+        total += mass[t];
+        if (dense(t)) covered += mass[t];
+      }
+    }
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t x, int64_t y) { return mass[x] > mass[y]; });
+    size_t chosen = 0;
+    const size_t cap = p.top_k > 0 ? std::min(order.size(), size_t(p.top_k)) : order.size();
+    while (chosen < cap && (p.tau >= 1 || covered < p.tau * total))
+      covered += mass[order[chosen++]];
+    order.resize(chosen);
+    std::sort(order.begin(), order.end());
+
+    // Per sealed block: whole, some tokens, or none.
+    std::vector<std::vector<uint16_t>>& tokens = selection->tokens[h];
+    auto next = order.begin();
+    for (int32_t b = 0; b < row.sealed; ++b) {
+      for (int64_t t = b * bt; t < (b + 1) * bt; ++t) {
+        const bool picked = next != order.end() && *next == t;
+        next += picked;
+        if (picked || (dense(t) && !evicted[t]))
+          tokens[b].push_back(static_cast<uint16_t>(t - b * bt));
+      }
+    }
+    keep.assign(size_t(row.sealed), 0);
+    int64_t attended = length - sealed_tokens;
+    for (int32_t b = 0; b < row.sealed; ++b) {
+      keep[b] = !tokens[b].empty();
+      attended += static_cast<int64_t>(tokens[b].size());
+      if (int64_t(tokens[b].size()) == bt) tokens[b].clear();  // the whole block
+    }
+    const int64_t blocks = KeepBlocks(h, keep, lists, disk);
+    if (stats != nullptr) {
+      stats->blocks_attended += blocks, stats->blocks_total += row.sealed;
+      stats->tokens_attended += attended, stats->tokens_total += length;
+    }
+  }
+}
+
+}  // namespace headwise::attention

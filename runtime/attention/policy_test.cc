@@ -1,0 +1,177 @@
+// The approximate attention policies on the distributed-KV fixture: each
+// reduces to exact when its budget covers everything (same greedy tokens on
+// every world), hybrid attends the sinks', window's and best blocks within
+// its budget, quantkv evicts past its KV budget but never sinks or window,
+// and its token-level selection gives the same tokens wherever the selected
+// tokens live (this rank, memory ranks' pools, disks; pulled or delegated).
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "runtime/attention/distributed_fixture.h"
+#include "tests/util/numerics.h"
+
+namespace headwise::attention {
+namespace {
+
+using ::headwise::testing::RelL2;
+
+kv::AttentionPolicy QuantKv(double budget, double tau, int32_t window = 64) {
+  kv::AttentionPolicy p;
+  p.kind = kv::AttentionPolicy::Kind::kQuantKv;
+  p.budget = budget;
+  p.tau = tau;
+  p.window_tokens = window;
+  return p;
+}
+
+TEST_F(DistributedTest, HybridWithAFullBudgetIsExactOnEveryWorld) {
+  for (int size : {1, 3}) {
+    World world(size, int64_t{64} << 20);
+    kv::KvStoreOptions options = Options(cpu_);
+    if (size > 1) options.transport = &world.loopback.transport(0);
+    options.mode = cluster::ExecMode::kDelegate;
+    options.policy = {kv::AttentionPolicy::Kind::kHybrid, 4, 64, 1.0};
+    absl::StatusOr<RunResult> run = Generate(options);
+    ASSERT_TRUE(run.ok()) << run.status();
+    EXPECT_EQ(run->tokens, reference_->tokens) << size << " ranks";
+    EXPECT_EQ(run->stats.blocks_attended, run->stats.blocks_total);
+  }
+}
+
+TEST_F(DistributedTest, HybridAttendsSinksWindowAndTheBestBlocksWithinItsBudget) {
+  // 700 tokens of 32-token blocks: 21 sealed blocks per (layer, kv head).
+  kv::KvStoreOptions options = Options(cpu_);
+  options.keep_key_summaries = true;  // prefilled once, decoded under two budgets
+  auto store = kv::KvStore::Create(options);
+  ASSERT_TRUE(store.ok());
+  std::vector<float> logits;
+  for (size_t begin = 0; begin < prompt_->size(); begin += kChunk) {
+    const size_t n = std::min<size_t>(kChunk, prompt_->size() - begin);
+    ASSERT_TRUE(llm_->Forward(std::span(*prompt_).subspan(begin, n), **store, &logits).ok());
+  }
+  const int64_t heads = int64_t(llm_->info().n_layers) * llm_->info().n_kv_heads;
+  const int32_t token = reference_->tokens[0];
+  // A tiny budget: only the sink block (0) and the window's blocks (19, 20:
+  // they hold positions past 701 - 64) are attended.
+  ASSERT_TRUE((*store)->set_policy({kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0.01}).ok());
+  StreamStats tiny;
+  ASSERT_TRUE(
+      llm_->Forward(std::span<const int32_t>(&token, 1), **store, &logits, nullptr, &tiny).ok());
+  EXPECT_EQ(tiny.blocks_total, heads * 21);
+  EXPECT_EQ(tiny.blocks_attended, heads * 3);
+  ASSERT_TRUE((*store)->Truncate(kPrompt).ok());
+  // A quarter: ceil(0.25 * 701) = 176 tokens; the 29 open tokens and the 3
+  // dense blocks make 125, two blocks chosen by their key bounds 189.
+  ASSERT_TRUE((*store)->set_policy({kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0.25}).ok());
+  StreamStats quarter;
+  ASSERT_TRUE(
+      llm_->Forward(std::span<const int32_t>(&token, 1), **store, &logits, nullptr, &quarter).ok());
+  EXPECT_EQ(quarter.blocks_attended, heads * 5);
+  EXPECT_EQ((*store)->policy().Describe(), "hybrid(budget=0.25, window=64, sinks=4)");
+  EXPECT_FALSE((kv::AttentionPolicy{kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0}.Validate().ok()));
+}
+
+TEST_F(DistributedTest, QuantKvCoveringEverythingIsExactOnEveryWorld) {
+  TempDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  const int64_t block = BlockBytes();
+  for (int size : {1, 3}) {
+    for (cluster::ExecMode mode : {cluster::ExecMode::kPull, cluster::ExecMode::kDelegate}) {
+      World world(size, 8 * block, {dir.path(), 512 * block});
+      kv::KvStoreOptions options = DiskOptions(world, size, 60, {dir.path(), 512 * block});
+      options.mode = mode;
+      options.policy = QuantKv(1.0, 1.0);
+      absl::StatusOr<RunResult> run = Generate(options);
+      ASSERT_TRUE(run.ok()) << run.status();
+      const std::string where = absl::StrCat(size, " ranks, ", cluster::ExecModeName(mode));
+      EXPECT_EQ(run->tokens, reference_->tokens) << where;
+      EXPECT_LT(RelL2(run->prompt_logits, reference_->prompt_logits), 1e-5) << where;
+      EXPECT_EQ(run->stats.tokens_attended, run->stats.tokens_total) << where;
+      EXPECT_GT(run->stats.disk_bytes_read + run->stats.bytes_fetched, 0) << where;
+    }
+  }
+}
+
+TEST_F(DistributedTest, QuantKvSelectsTheSameTokensWhereverTheyLive) {
+  // A quarter of the KV kept and 90% of the approximate attention attended:
+  // blocks attended in part, gathered where they are (this rank's memory,
+  // memory ranks' pools and disks, pulled or delegated), give one answer.
+  const kv::AttentionPolicy policy = QuantKv(0.25, 0.9);
+  kv::KvStoreOptions local = Options(cpu_);
+  local.policy = policy;
+  absl::StatusOr<RunResult> one = Generate(local);
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_LT(one->stats.tokens_attended, one->stats.tokens_total / 2);
+  EXPECT_GT(one->stats.blocks_attended, 0);
+  TempDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  const int64_t block = BlockBytes();
+  for (cluster::ExecMode mode : {cluster::ExecMode::kPull, cluster::ExecMode::kDelegate}) {
+    World world(3, 8 * block, {dir.path(), 512 * block});
+    kv::KvStoreOptions options = DiskOptions(world, 3, 60, {dir.path(), 512 * block});
+    options.mode = mode;
+    options.policy = policy;
+    absl::StatusOr<RunResult> run = Generate(options);
+    ASSERT_TRUE(run.ok()) << run.status();
+    EXPECT_EQ(run->tokens, one->tokens) << cluster::ExecModeName(mode);
+    EXPECT_EQ(run->stats.tokens_attended, one->stats.tokens_attended)
+        << cluster::ExecModeName(mode);
+  }
+}
+
+TEST_F(DistributedTest, QuantKvEvictsPastItsBudgetButNeverSinksOrTheWindow) {
+  kv::KvStoreOptions options = Options(cpu_);
+  options.policy = QuantKv(0.25, 0.9);
+  auto store = kv::KvStore::Create(options);
+  ASSERT_TRUE(store.ok()) << store.status();
+  std::vector<float> logits;
+  for (size_t begin = 0; begin < prompt_->size(); begin += kChunk) {
+    const size_t n = std::min<size_t>(kChunk, prompt_->size() - begin);
+    ASSERT_TRUE(llm_->Forward(std::span(*prompt_).subspan(begin, n), **store, &logits).ok());
+  }
+  kv::KeyCache& cache = *(*store)->key_cache();
+  EXPECT_EQ(cache.n_evicted(), 0);  // prefill is exact
+  for (int step = 0; step < 3; ++step) {
+    const int32_t token = reference_->tokens[step];
+    ASSERT_TRUE(llm_->Forward(std::span<const int32_t>(&token, 1), **store, &logits).ok());
+  }
+  const int64_t length = (*store)->length();  // 703: the last step's token is attended too
+  const int64_t keep = static_cast<int64_t>(std::ceil(0.25 * double(length - 1)));
+  for (int32_t layer = 0; layer < llm_->info().n_layers; ++layer) {
+    for (int32_t h = 0; h < llm_->info().n_kv_heads; ++h) {
+      const std::vector<uint8_t>& evicted = cache.evicted(layer, h);
+      int64_t kept = 0;
+      for (int64_t t = 0; t < int64_t(evicted.size()); ++t) {
+        kept += !evicted[t];
+        if (t < 4 || t >= int64_t(evicted.size()) - 64) {
+          EXPECT_EQ(evicted[t], 0) << "layer " << layer << ", head " << h << ", token " << t;
+        }
+      }
+      EXPECT_LE(kept, keep + 1) << "layer " << layer << ", head " << h;
+      EXPECT_GE(kept, keep) << "layer " << layer << ", head " << h;
+    }
+  }
+  EXPECT_GT(cache.bytes(), 0);
+  // head_dim 16 in int4 groups of 16: 8 bytes of codes and a scale and zero
+  // per token and kv head, an eighth of its f32 K and V.
+  EXPECT_EQ(cache.bytes() * 8, (*store)->length() * BlockBytes() / kBlock * llm_->info().n_layers *
+                                   llm_->info().n_kv_heads);
+  // The end of a request (truncation) gives the next one the whole context.
+  ASSERT_TRUE((*store)->Truncate(kPrompt).ok());
+  EXPECT_EQ(cache.n_evicted(), 0);
+  EXPECT_EQ((*store)->policy().Describe(),
+            "quantkv(kv_budget=0.25, tau=0.9, top_k=0, key_bits=4, window=64, sinks=4)");
+  // A store that kept no quantized keys cannot switch to quantkv.
+  auto exact = kv::KvStore::Create(Options(cpu_));
+  ASSERT_TRUE(exact.ok());
+  ASSERT_TRUE(llm_->Forward(std::span(*prompt_).subspan(0, 10), **exact, &logits).ok());
+  EXPECT_EQ((*exact)->set_policy(QuantKv(0.25, 0.9)).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(QuantKv(0.25, 0).Validate().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(QuantKv(0, 0.9).Validate().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace headwise::attention
