@@ -48,6 +48,8 @@ void CheckOptions(const absl::StatusOr<RequestOptions>& options) {
         "validation accepted sampling params the sampler rejects");
   Check(options->max_tokens > 0 && options->max_tokens <= (1 << 24), "max_tokens out of range");
   for (const std::string& stop : options->stop) Check(!stop.empty(), "an empty stop string");
+  Check(!options->policy || options->policy->Validate().ok(),
+        "validation accepted a policy the store rejects");
 }
 
 // Wire bytes with map entries in key order, so equal messages compare equal.
@@ -125,8 +127,8 @@ void FuzzOpenSession(std::string_view bytes) {
     saw_path |= part.source_case() == v1::OpenSessionRequest::kContextPath;
     saw_chunk |= part.source_case() == v1::OpenSessionRequest::kContextChunk &&
                  !part.context_chunk().empty();
-    Check(part.policy().name().empty() || part.policy().name() == "exact",
-          "OpenSession accepted a policy other than exact");
+    Check(!context.policy() || context.policy()->Validate().ok(),
+          "OpenSession accepted a policy the store rejects");
   }
   Check(!(saw_path && saw_chunk), "OpenSession accepted both a path and chunks");
   CheckOptions(headwise::service::RequestOptionsFrom(v1::SamplingParams(), v1::Policy()));
@@ -186,6 +188,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         v1::Policy policy;
         policy.set_name(name);
         CheckOptions(headwise::service::RequestOptionsFrom(sampling, policy));
+        // Every knob, with the sampling block's stop strings as values.
+        for (const char* key : {"budget", "tau", "top_k", "key_bits", "window", "sinks", "x"}) {
+          for (const std::string& value : sampling.stop()) {
+            (*policy.mutable_params())[key] = value;
+            CheckOptions(headwise::service::RequestOptionsFrom(sampling, policy));
+          }
+        }
       }
       break;
     }

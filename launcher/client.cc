@@ -125,6 +125,23 @@ void FillSampling(const RemoteSampling& r, v1::SamplingParams* s) {
   s->set_ignore_eos(r.ignore_eos);
 }
 
+// The policy and every knob it reads (the server validates them again).
+void FillPolicy(const std::optional<kv::AttentionPolicy>& policy, v1::Policy* out) {
+  if (!policy) return;
+  out->set_name(policy->Name());
+  auto& params = *out->mutable_params();
+  using Kind = kv::AttentionPolicy::Kind;
+  if (policy->kind == Kind::kExact) return;
+  params["budget"] = absl::StrCat(policy->budget);
+  params["window"] = absl::StrCat(policy->window_tokens);
+  params["sinks"] = absl::StrCat(policy->sink_tokens);
+  if (policy->kind == Kind::kQuantKv) {
+    params["tau"] = absl::StrCat(policy->tau);
+    params["top_k"] = absl::StrCat(policy->top_k);
+    params["key_bits"] = absl::StrCat(policy->key_bits);
+  }
+}
+
 nlohmann::json StatsJson(const v1::GenerateResponse::Final& final) {
   nlohmann::json ranks = nlohmann::json::array();
   for (const v1::RankStats& rank : final.stats().ranks()) {
@@ -225,6 +242,7 @@ int RunRemoteGenerate(const RemoteGenerateRequest& r) {
     request.set_text(r.prompt);
   }
   FillSampling(r, request.mutable_sampling());
+  FillPolicy(r.policy, request.mutable_policy());
   grpc::ClientContext context;
   link->Sign(context);
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
@@ -264,6 +282,11 @@ int RunAsk(const AskRequest& r) {
     link->Sign(context);
     auto stream = stub->OpenSession(&context);
     constexpr size_t kChunk = size_t{1} << 20;
+    if (r.policy) {
+      v1::OpenSessionRequest part;
+      FillPolicy(r.policy, part.mutable_policy());
+      stream->Write(part);
+    }
     if (!r.server_file.empty()) {
       v1::OpenSessionRequest part;
       part.set_context_path(r.server_file);

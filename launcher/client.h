@@ -4,11 +4,13 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "runtime/kv/kv_store.h"
 
 namespace CLI {
 class App;
@@ -45,6 +47,9 @@ struct RemoteSampling {
   uint64_t seed = 0;
   std::vector<std::string> stop;
   bool ignore_eos = false;
+  // The attention policy of the new sequence (generate, ask --file); unset:
+  // the server's.
+  std::optional<kv::AttentionPolicy> policy;
 };
 
 struct RemoteGenerateRequest : RemoteSampling {

@@ -3,6 +3,7 @@
 #include "launcher/client.h"
 #include "launcher/commands.h"
 #include "launcher/options.h"
+#include "launcher/runtime_setup.h"
 
 namespace headwise::launcher {
 namespace {
@@ -53,13 +54,27 @@ void RegisterClientCommands(CLI::App& app, CommandRunner& run) {
                 "Leave the session open and print its id (with --file)");
   cmd->add_option("--timeout", ask->timeout_seconds, "Deadline of the question in seconds");
   AddSampling(*cmd, *ask);
+  auto attention = std::make_shared<PolicyFlags>();
+  AddPolicyOptions(*cmd, *attention);
   cmd->add_option("question", ask->question, "The question")->required();
   AddEnvTwins(*cmd);
-  cmd->callback([ask, file, session, server_file, &run] {
+  cmd->callback([ask, attention, file, session, server_file, &run] {
     if (file->count() + session->count() + server_file->count() == 0) {
       throw CLI::RequiredError("--file, --server-file or --session");
     }
-    run = [ask] { return RunAsk(*ask); };
+    run = [ask, attention] {
+      if (attention->given) {
+        if (!ask->session.empty()) {
+          return Fail("ask", absl::InvalidArgumentError(
+                                 "--policy names a new session's policy; an open session keeps "
+                                 "the one it was opened with"));
+        }
+        absl::StatusOr<kv::AttentionPolicy> policy = PolicyFromFlags(*attention);
+        if (!policy.ok()) return Fail("ask", policy.status());
+        ask->policy = *policy;
+      }
+      return RunAsk(*ask);
+    };
   });
 
   struct StatusFlags {

@@ -13,6 +13,8 @@ using CommandRunner = std::function<int()>;
 
 void RegisterInspectCommand(CLI::App& app, CommandRunner& run);
 void RegisterGenerateCommand(CLI::App& app, CommandRunner& run);
+// eval: the attention policies' fidelity harness (docs/FIDELITY.md).
+void RegisterEvalCommand(CLI::App& app, CommandRunner& run);
 void RegisterServeCommand(CLI::App& app, CommandRunner& run);
 // ask, status, close: clients of a running server.
 void RegisterClientCommands(CLI::App& app, CommandRunner& run);

@@ -194,6 +194,11 @@ int RunGenerate(const GenerateFlags& flags) {
     request.stop = flags.stop;
     request.ignore_eos = flags.ignore_eos;
     request.stats_json = flags.stats_json;
+    if (flags.runtime.attention.given) {
+      absl::StatusOr<kv::AttentionPolicy> policy = PolicyFromFlags(flags.runtime.attention);
+      if (!policy.ok()) return Fail(policy.status());
+      request.policy = *policy;
+    }
     return RunRemoteGenerate(request);
   }
 

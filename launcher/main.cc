@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   headwise::launcher::CommandRunner run;
   headwise::launcher::RegisterInspectCommand(app, run);
   headwise::launcher::RegisterGenerateCommand(app, run);
+  headwise::launcher::RegisterEvalCommand(app, run);
   headwise::launcher::RegisterServeCommand(app, run);
   headwise::launcher::RegisterClientCommands(app, run);
   headwise::launcher::RegisterLaunchCommand(app, run);

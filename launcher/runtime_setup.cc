@@ -7,6 +7,39 @@
 
 namespace headwise::launcher {
 
+void AddPolicyOptions(CLI::App& cmd, PolicyFlags& flags) {
+  cmd.add_option(
+         "--policy", flags.policy,
+         "Attention policy of decode steps: exact; hybrid (HGCA: sinks + recent window "
+         "densely, the best-scoring other blocks up to --hybrid-budget); quantkv "
+         "(HCAttention: int4/int2 keys score every token, the tokens covering --quantkv-tau "
+         "of the attention are attended exactly, eviction past --kv-budget). The last two "
+         "are approximate and named in every result's stats")
+      ->capture_default_str()
+      ->each([&flags](const std::string&) { flags.given = true; });
+  cmd.add_option("--hybrid-budget", flags.hybrid_budget,
+                 "hybrid: fraction of the sequence's tokens each decode step attends, (0, 1]")
+      ->capture_default_str();
+  cmd.add_option("--kv-budget", flags.kv_budget,
+                 "quantkv: fraction of the sequence's tokens kept; past it the least attended "
+                 "are evicted (never sinks or window), (0, 1]")
+      ->capture_default_str();
+  cmd.add_option("--quantkv-tau", flags.quantkv_tau,
+                 "quantkv: approximate attention mass each decode step attends, (0, 1]")
+      ->capture_default_str();
+  cmd.add_option("--quantkv-top-k", flags.quantkv_top_k,
+                 "quantkv: at most this many selected tokens per kv head and step (0: no cap)")
+      ->capture_default_str();
+  cmd.add_option("--quantkv-bits", flags.quantkv_bits, "quantkv: key bits, 4 or 2")
+      ->capture_default_str();
+  cmd.add_option("--window-tokens,--hybrid-window", flags.window_tokens,
+                 "hybrid, quantkv: the most recent tokens always attended")
+      ->capture_default_str();
+  cmd.add_option("--sink-tokens,--hybrid-sinks", flags.sink_tokens,
+                 "hybrid, quantkv: the first tokens always attended (attention sinks)")
+      ->capture_default_str();
+}
+
 void AddRuntimeOptions(CLI::App& cmd, RuntimeFlags& flags) {
   AddModelOption(cmd, flags.model);
   cmd.add_option("--threads", flags.threads, "CPU threads (0: all cores)")->capture_default_str();
@@ -46,35 +79,7 @@ void AddRuntimeOptions(CLI::App& cmd, RuntimeFlags& flags) {
                  "Remote partials: auto (cost model), pull (read KV here) or delegate (compute "
                  "where the KV is)")
       ->capture_default_str();
-  cmd.add_option(
-         "--policy", flags.policy,
-         "Attention policy of decode steps: exact; hybrid (HGCA: sinks + recent window "
-         "densely, the best-scoring other blocks up to --hybrid-budget); quantkv "
-         "(HCAttention: int4/int2 keys score every token, the tokens covering --quantkv-tau "
-         "of the attention are attended exactly, eviction past --kv-budget). The last two "
-         "are approximate and named in every result's stats")
-      ->capture_default_str();
-  cmd.add_option("--hybrid-budget", flags.hybrid_budget,
-                 "hybrid: fraction of the sequence's tokens each decode step attends, (0, 1]")
-      ->capture_default_str();
-  cmd.add_option("--kv-budget", flags.kv_budget,
-                 "quantkv: fraction of the sequence's tokens kept; past it the least attended "
-                 "are evicted (never sinks or window), (0, 1]")
-      ->capture_default_str();
-  cmd.add_option("--quantkv-tau", flags.quantkv_tau,
-                 "quantkv: approximate attention mass each decode step attends, (0, 1]")
-      ->capture_default_str();
-  cmd.add_option("--quantkv-top-k", flags.quantkv_top_k,
-                 "quantkv: at most this many selected tokens per kv head and step (0: no cap)")
-      ->capture_default_str();
-  cmd.add_option("--quantkv-bits", flags.quantkv_bits, "quantkv: key bits, 4 or 2")
-      ->capture_default_str();
-  cmd.add_option("--window-tokens,--hybrid-window", flags.window_tokens,
-                 "hybrid, quantkv: the most recent tokens always attended")
-      ->capture_default_str();
-  cmd.add_option("--sink-tokens,--hybrid-sinks", flags.sink_tokens,
-                 "hybrid, quantkv: the first tokens always attended (attention sinks)")
-      ->capture_default_str();
+  AddPolicyOptions(cmd, flags.attention);
   cmd.add_option("--peer-timeout", flags.peer_timeout,
                  "Seconds a rank may stay silent before its requests fail UNAVAILABLE")
       ->capture_default_str();
@@ -89,7 +94,7 @@ int Fail(std::string_view command, const absl::Status& status) {
   return 1;
 }
 
-absl::StatusOr<kv::AttentionPolicy> PolicyFromFlags(const RuntimeFlags& flags) {
+absl::StatusOr<kv::AttentionPolicy> PolicyFromFlags(const PolicyFlags& flags) {
   std::optional<kv::AttentionPolicy::Kind> kind = kv::ParsePolicyKind(flags.policy);
   if (!kind) {
     return absl::InvalidArgumentError("--policy must be exact, hybrid or quantkv, got '" +
@@ -135,7 +140,7 @@ absl::StatusOr<Runtime> StartRuntime(const RuntimeFlags& flags, std::string_view
     return absl::InvalidArgumentError("--mode must be auto, pull or delegate, got '" + flags.mode +
                                       "'");
   }
-  absl::StatusOr<kv::AttentionPolicy> policy = PolicyFromFlags(flags);
+  absl::StatusOr<kv::AttentionPolicy> policy = PolicyFromFlags(flags.attention);
   if (!policy.ok()) return policy.status();
   if (!(flags.peer_timeout > 0)) {
     return absl::InvalidArgumentError("--peer-timeout must be > 0 seconds");

@@ -20,6 +20,23 @@ namespace headwise::launcher {
 // A rank's disk tier when --disk-dir is given without --disk-mem.
 inline constexpr int64_t kDefaultDiskBytes = int64_t{8} << 30;
 
+// The attention policy flags (--policy and its knobs), shared by the
+// commands that run the model and the clients that ask a server.
+struct PolicyFlags {
+  std::string policy = "exact";
+  double hybrid_budget = 0.25;
+  double kv_budget = 0.25;
+  double quantkv_tau = 0.9;
+  int32_t quantkv_top_k = 0;
+  int32_t quantkv_bits = 4;
+  int32_t window_tokens = 512;
+  int32_t sink_tokens = 4;
+  bool given = false;  // --policy was on the command line (or in the environment)
+};
+void AddPolicyOptions(CLI::App& cmd, PolicyFlags& flags);
+// The attention policy the flags name (InvalidArgument naming a bad one).
+absl::StatusOr<kv::AttentionPolicy> PolicyFromFlags(const PolicyFlags& flags);
+
 struct RuntimeFlags {
   std::string model;
   int32_t threads = 0;
@@ -35,18 +52,8 @@ struct RuntimeFlags {
   std::string placement = "head-major";
   std::string mode = "auto";
   double peer_timeout = 10;
-  std::string policy = "exact";
-  double hybrid_budget = 0.25;
-  double kv_budget = 0.25;
-  double quantkv_tau = 0.9;
-  int32_t quantkv_top_k = 0;
-  int32_t quantkv_bits = 4;
-  int32_t window_tokens = 512;
-  int32_t sink_tokens = 4;
+  PolicyFlags attention;
 };
-
-// The attention policy the flags name (InvalidArgument naming a bad one).
-absl::StatusOr<kv::AttentionPolicy> PolicyFromFlags(const RuntimeFlags& flags);
 
 // Adds -m/--model and the options above (environment twins come from
 // AddEnvTwins, called by the subcommand after all its options).

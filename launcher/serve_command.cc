@@ -112,12 +112,6 @@ int RunServe(const ServeFlags& flags) {
   // Flag checks every rank makes before the job starts (a rank failing
   // alone later would leave the others waiting).
   if (absl::Status s = CheckSecurityFlags(flags); !s.ok()) return Fail(s);
-  if (flags.runtime.policy != "exact") {
-    // The service names the policy per request; until requests can choose
-    // an approximate one, a server-wide one would answer unnamed.
-    return Fail(absl::InvalidArgumentError(
-        "serve supports --policy exact only for now (use generate for hybrid)"));
-  }
   if (flags.restore && flags.snapshot_dir.empty()) {
     return Fail(absl::InvalidArgumentError("--restore needs --snapshot-dir"));
   }
@@ -176,6 +170,7 @@ int RunServe(const ServeFlags& flags) {
       "  ranks %d, placement %s, mode %s, peer timeout %.0f s, host pool %s per rank, "
       "disk tier %s per rank%s%s, queue %d, context dir %s, snapshot dir %s, tls %s, auth "
       "token %s\n"
+      "  default policy %s (requests may name another)\n"
       "  KV capacity: %lld tokens\n",
       info.name.c_str(), info.architecture.c_str(), int(info.n_layers), int(info.n_heads),
       int(info.n_kv_heads), flags.runtime.device.c_str(), flags.runtime.kv_dtype.c_str(),
@@ -187,7 +182,7 @@ int RunServe(const ServeFlags& flags) {
       flags.context_dir.empty() ? "(none)" : flags.context_dir.c_str(),
       flags.snapshot_dir.empty() ? "(none)" : flags.snapshot_dir.c_str(),
       flags.tls_cert.empty() ? "off" : "on", flags.auth_token_file.empty() ? "off" : "on",
-      static_cast<long long>(engine.MaxContextTokens()));
+      rt.base.policy.Describe().c_str(), static_cast<long long>(engine.MaxContextTokens()));
   (*server)->Attach(engine);
   std::fprintf(stderr, "headwise serve: ready\n");
 

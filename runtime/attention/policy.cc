@@ -77,6 +77,8 @@ void SelectHybrid(const kv::KvStore& store, const DecodeRow& row, std::vector<He
 
 namespace {
 
+constexpr int64_t kPoolRadius = 3;  // SnapKV's pooling kernel of 7
+
 // Runs [begin, end) of the tokens of (layer, head) below `end` not evicted.
 void LiveRuns(const std::vector<uint8_t>& evicted, int64_t end,
               std::vector<std::pair<int64_t, int64_t>>& runs) {
@@ -160,7 +162,7 @@ void SelectQuantKv(kv::KvStore& store, const DecodeRow& row, std::vector<HeadLis
 
   selection->tokens.assign(g.n_kv_heads, std::vector<std::vector<uint16_t>>(row.sealed));
   std::vector<float> scores(static_cast<size_t>(row.group * length));
-  std::vector<float> mass(static_cast<size_t>(length));
+  std::vector<float> mass(static_cast<size_t>(length)), pooled;
   std::vector<std::pair<int64_t, int64_t>> runs;
   std::vector<int64_t> order;
   std::vector<char> keep;
@@ -187,22 +189,29 @@ void SelectQuantKv(kv::KvStore& store, const DecodeRow& row, std::vector<HeadLis
       }
     }
     if (kept > keep_tokens) {
+      // Ranked by the most any token within kPoolRadius of it accumulated
+      // (SnapKV's pooling): a kept token keeps its neighbours, so spans such
+      // as a number's digits stay whole.
+      pooled.assign(size_t(length), 0.0f);
+      for (int64_t t : order) {
+        const int64_t lo = std::max<int64_t>(0, t - kPoolRadius);
+        const int64_t hi = std::min<int64_t>(length, t + kPoolRadius + 1);
+        pooled[t] = *std::max_element(acc.begin() + lo, acc.begin() + hi);
+      }
       const size_t drop = std::min<size_t>(order.size(), size_t(kept - keep_tokens));
-      std::partial_sort(
-          order.begin(), order.begin() + drop, order.end(),
-          [&](int64_t x, int64_t y) { return acc[x] < acc[y] || (acc[x] == acc[y] && x > y); });
+      std::partial_sort(order.begin(), order.begin() + drop, order.end(),
+                        [&](int64_t x, int64_t y) {
+                          return pooled[x] < pooled[y] || (pooled[x] == pooled[y] && x > y);
+                        });
       for (size_t i = 0; i < drop; ++i) evicted[order[i]] = 1, mass[order[i]] = 0;
       order.erase(order.begin(), order.begin() + drop);
     }
 
-    // The dense tokens, then the heaviest others until tau of the kept mass.
+    // The dense tokens, then the heaviest others until they cover tau of
+    // the others' mass (sinks take most of the mass in many heads: tau of
+    // the whole would leave little for the rest).
     double covered = 0, total = 0;
-    for (const auto& [begin, end] : runs) {
-      for (int64_t t = begin; t < end; ++t) {
-        total += mass[t];
-        if (dense(t)) covered += mass[t];
-      }
-    }
+    for (int64_t t : order) total += mass[t];
     std::stable_sort(order.begin(), order.end(),
                      [&](int64_t x, int64_t y) { return mass[x] > mass[y]; });
     size_t chosen = 0;

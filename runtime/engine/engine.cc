@@ -97,6 +97,7 @@ GenerateOptions Engine::Options(const RequestOptions& request) const {
   options.stop_token_ids = request.stop_token_ids;
   options.ignore_eos = request.ignore_eos;
   options.check_cancel = request.check_cancel;
+  if (request.policy) options.policy = *request.policy;
   return options;
 }
 
@@ -367,7 +368,9 @@ absl::StatusOr<std::vector<SessionInfo>> Engine::RestoreSessions() {
 std::vector<SessionInfo> Engine::ListSessions() const {
   std::lock_guard lock(mu_);
   std::vector<SessionInfo> out;
-  for (const auto& [id, session] : sessions_) out.push_back({id, session->context_tokens, "exact"});
+  for (const auto& [id, session] : sessions_) {
+    out.push_back({id, session->context_tokens, session->store->policy().Describe()});
+  }
   return out;
 }
 

@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,9 @@ struct RequestOptions {
   std::vector<int32_t> stop_token_ids;
   bool ignore_eos = false;
   std::function<absl::Status()> check_cancel;  // CANCELLED / DEADLINE_EXCEEDED
+  // The attention policy of a new sequence (Generate, OpenSession; a
+  // session's questions use the session's); unset: base.policy.
+  std::optional<kv::AttentionPolicy> policy;
 };
 
 // One rank as GetClusterStats reports it.

@@ -103,8 +103,10 @@ absl::StatusOr<LoadedSnapshot> LoadSnapshot(const model::LlamaModel& llm,
         absl::StrCat("snapshot ", dir.string(), " holds session '", loaded.id, "' of ",
                      loaded.context_tokens, " tokens; this server holds up to ", capacity_tokens));
   }
-  absl::StatusOr<std::unique_ptr<kv::KvStore>> store =
-      CreateStore(llm, options.base, capacity_tokens);
+  // Snapshots keep no key summaries: a restored session is exact.
+  GenerateOptions base = options.base;
+  base.policy = kv::AttentionPolicy();
+  absl::StatusOr<std::unique_ptr<kv::KvStore>> store = CreateStore(llm, base, capacity_tokens);
   if (!store.ok()) return store.status();
   if (absl::Status s = (*store)->Load(dir.string(), table, loaded.context_tokens); !s.ok()) {
     return s;

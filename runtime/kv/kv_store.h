@@ -64,7 +64,8 @@ struct TierStats {
 //    are attended.
 //  - quantkv (HCAttention): keys quantized to `key_bits` on the coordinator
 //    (KeyCache) score every token; per kv head the sinks and the window plus
-//    the tokens whose approximate attention covers `tau` of the mass (at most
+//    the tokens whose approximate attention covers `tau` of the mass outside
+//    the sinks and window (at most
 //    `top_k` of them when > 0) are attended exactly where they live. Once
 //    more than `budget` of the tokens are kept, those with the least
 //    accumulated attention are evicted (never sinks or window).
@@ -76,7 +77,7 @@ struct AttentionPolicy {
   // hybrid: fraction of the tokens attended; quantkv: fraction kept (the KV
   // budget). In (0, 1].
   double budget = 0.25;
-  double tau = 0.9;      // quantkv: approximate attention mass selected, (0, 1]
+  double tau = 0.9;      // quantkv: the others' approximate attention mass selected, (0, 1]
   int32_t top_k = 0;     // quantkv: most tokens selected per kv head (0: no cap)
   int32_t key_bits = 4;  // quantkv: 4 or 2
 

@@ -13,7 +13,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <mutex>
+#include <optional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -65,17 +68,66 @@ v1::FinishReason Reason(engine::FinishReason reason) {
 
 }  // namespace
 
-absl::StatusOr<engine::RequestOptions> RequestOptionsFrom(const v1::SamplingParams& s,
-                                                          const v1::Policy& policy) {
-  if (!policy.name().empty() && policy.name() != "exact") {
-    if (policy.name() == "hybrid" || policy.name() == "quantkv") {
-      return absl::UnimplementedError(
-          absl::StrCat("policy '", policy.name(), "' is not available yet; use 'exact'"));
+absl::StatusOr<std::optional<kv::AttentionPolicy>> PolicyFrom(const v1::Policy& policy) {
+  if (policy.name().empty()) {
+    if (!policy.params().empty()) {
+      return absl::InvalidArgumentError("policy params without a policy name");
     }
+    return std::nullopt;
+  }
+  std::optional<kv::AttentionPolicy::Kind> kind = kv::ParsePolicyKind(policy.name());
+  if (!kind) {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown policy '", policy.name(), "' (exact, hybrid or quantkv)"));
   }
+  kv::AttentionPolicy out;
+  out.kind = *kind;
+  for (const auto& [key, value] : policy.params()) {
+    char* end = nullptr;
+    const double number = std::strtod(value.c_str(), &end);
+    if (value.empty() || *end != '\0' || !std::isfinite(number)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("policy param ", key, "='", value, "' is not a number"));
+    }
+    const bool integral = number == std::floor(number) && std::fabs(number) < (1 << 30);
+    auto whole = [&](int32_t* field) {
+      if (!integral) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("policy param ", key, "='", value, "' must be an integer"));
+      }
+      *field = static_cast<int32_t>(number);
+      return absl::OkStatus();
+    };
+    absl::Status s;
+    if (key == "budget" || key == "kv_budget") {
+      out.budget = number;
+    } else if (key == "tau") {
+      out.tau = number;
+    } else if (key == "top_k") {
+      s = whole(&out.top_k);
+    } else if (key == "key_bits") {
+      s = whole(&out.key_bits);
+    } else if (key == "window") {
+      s = whole(&out.window_tokens);
+    } else if (key == "sinks") {
+      s = whole(&out.sink_tokens);
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown policy param '", key,
+                       "' (budget, kv_budget, tau, top_k, key_bits, window, sinks)"));
+    }
+    if (!s.ok()) return s;
+  }
+  if (absl::Status s = out.Validate(); !s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<engine::RequestOptions> RequestOptionsFrom(const v1::SamplingParams& s,
+                                                          const v1::Policy& policy) {
+  absl::StatusOr<std::optional<kv::AttentionPolicy>> attention = PolicyFrom(policy);
+  if (!attention.ok()) return attention.status();
   engine::RequestOptions options;
+  options.policy = *attention;
   options.max_tokens = s.max_tokens() == 0 ? 128 : static_cast<int32_t>(s.max_tokens());
   if (s.max_tokens() > (1u << 24)) {
     return absl::InvalidArgumentError(absl::StrCat("max_tokens ", s.max_tokens(), " is absurd"));
@@ -145,8 +197,10 @@ absl::Status OpenSessionContext::Add(const v1::OpenSessionRequest& part) {
     if (from_path_) return absl::InvalidArgumentError("give one context_path, or chunks, not both");
     text_ += part.context_chunk();
   }
-  if (!part.policy().name().empty() && part.policy().name() != "exact") {
-    return absl::UnimplementedError("only the exact policy is available for sessions");
+  if (part.has_policy()) {
+    absl::StatusOr<std::optional<kv::AttentionPolicy>> policy = PolicyFrom(part.policy());
+    if (!policy.ok()) return policy.status();
+    policy_ = *policy;
   }
   return absl::OkStatus();
 }
@@ -214,6 +268,7 @@ class InferenceService final : public v1::Inference::Service {
     absl::StatusOr<engine::RequestOptions> options =
         RequestOptionsFrom(v1::SamplingParams(), v1::Policy());
     if (!options.ok()) return Out(options.status());
+    options->policy = context_text.policy();
     options->check_cancel = CancelCheck(context);
     const auto start = std::chrono::steady_clock::now();
     auto progress = [&](const engine::PrefillProgress& at) {
@@ -363,7 +418,7 @@ class InferenceService final : public v1::Inference::Service {
     v1::RequestStats* stats = final->mutable_stats();
     stats->set_prefill_tokens_per_s(result->prefill_tokens_per_s());
     stats->set_decode_tokens_per_s(result->decode_tokens_per_s());
-    stats->set_policy("exact");
+    stats->set_policy(result->policy);
     v1::RankStats* rank0 = stats->add_ranks();
     rank0->set_rank(0);
     FillTier(result->device_tier, &(*rank0->mutable_tiers())["device"]);

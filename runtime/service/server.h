@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -30,7 +31,14 @@ namespace headwise::service {
 // Request validation as the RPC handlers run it, before any engine work. Pure
 // functions of the messages (no server, engine or gRPC context), so unit tests
 // and fuzz/request_fuzzer.cc reach exactly the handlers' checks. Errors are
-// InvalidArgument, or Unimplemented for a policy that is not available yet.
+// InvalidArgument.
+
+// A request's attention policy: an empty name is the server's (nullopt);
+// else exact, hybrid or quantkv with params budget (hybrid: fraction
+// attended; quantkv: of the KV kept; kv_budget is its alias), tau, top_k,
+// key_bits, window, sinks, each a number; unset knobs take
+// kv::AttentionPolicy's defaults.
+absl::StatusOr<std::optional<kv::AttentionPolicy>> PolicyFrom(const v1::Policy& policy);
 
 // Sampling fields and policy -> engine options; proto3 zeros mean "default".
 // check_cancel is left empty for the caller to set.
@@ -58,12 +66,14 @@ class OpenSessionContext {
 
   // Adds one message of the stream. After an error the RPC fails with it.
   absl::Status Add(const v1::OpenSessionRequest& part);
-  // The context so far.
+  // The context so far, and the policy the stream named (the last one).
   std::string& text() { return text_; }
+  const std::optional<kv::AttentionPolicy>& policy() const { return policy_; }
 
  private:
   FileReader read_file_;
   std::string text_;
+  std::optional<kv::AttentionPolicy> policy_;
   bool from_path_ = false;
 };
 

@@ -58,6 +58,24 @@ def main():
           ok and json.load(open(f"{tmp}/remote.json"))["generated_token_ids"]
           == json.load(open(f"{tmp}/local.json"))["generated_token_ids"], r.stderr + local.stderr)
 
+    # Per-request policies: named in the stats; covering everything they are
+    # exact; a quantkv session still finds the passkey; bad knobs refused.
+    r = run(hw, "generate", "--server", addr, "-p", "The capital of France is", "-n", "12",
+            "--policy", "hybrid", "--hybrid-budget", "1", "--stats-json", f"{tmp}/hybrid.json")
+    stats = json.load(open(f"{tmp}/hybrid.json")) if r.returncode == 0 else {}
+    check("a hybrid request covering everything answers like exact, and says so",
+          stats.get("generated_token_ids") == json.load(open(f"{tmp}/local.json"))[
+              "generated_token_ids"] and stats.get("policy", "").startswith("hybrid(budget=1"),
+          r.stderr + str(stats.get("policy")))
+    r = run(hw, "ask", "--server", addr, "-f", doc, QUESTION, "-n", "16", "--policy", "quantkv",
+            "--kv-budget", "0.5", "--window-tokens", "64")
+    check("ask --policy quantkv finds the passkey", r.returncode == 0 and "71432" in r.stdout,
+          r.stdout + r.stderr[-400:])
+    r = run(hw, "generate", "--server", addr, "-p", "Hi", "--policy", "quantkv",
+            "--quantkv-tau", "2")
+    check("a bad policy knob: refused naming it", r.returncode == 1 and "tau" in r.stderr,
+          r.stderr)
+
     # A passkey through a session opened from a streamed file.
     r = run(hw, "ask", "--server", addr, "-f", doc, QUESTION, "-n", "16")
     check("ask --file finds the passkey", r.returncode == 0 and "71432" in r.stdout,
