@@ -20,6 +20,10 @@ void AddPolicyOptions(CLI::App& cmd, PolicyFlags& flags) {
   cmd.add_option("--hybrid-budget", flags.hybrid_budget,
                  "hybrid: fraction of the sequence's tokens each decode step attends, (0, 1]")
       ->capture_default_str();
+  cmd.add_option("--hybrid-token-top-k", flags.hybrid_token_top_k,
+                 "hybrid: inside each block chosen by its key bounds only its k best tokens, "
+                 "scored where the block lives (0: whole blocks)")
+      ->capture_default_str();
   cmd.add_option("--kv-budget", flags.kv_budget,
                  "quantkv: fraction of the sequence's tokens kept; past it the least attended "
                  "are evicted (never sinks or window), (0, 1]")
@@ -106,6 +110,7 @@ absl::StatusOr<kv::AttentionPolicy> PolicyFromFlags(const PolicyFlags& flags) {
   policy.window_tokens = flags.window_tokens;
   policy.budget =
       *kind == kv::AttentionPolicy::Kind::kQuantKv ? flags.kv_budget : flags.hybrid_budget;
+  policy.token_top_k = flags.hybrid_token_top_k;
   policy.tau = flags.quantkv_tau;
   policy.top_k = flags.quantkv_top_k;
   policy.key_bits = flags.quantkv_bits;

@@ -109,7 +109,7 @@ class LayerAttention {
     const DecodeRow row{a_.layer, a_.q, group_, sealed};
     using Kind = kv::AttentionPolicy::Kind;
     if (store_.policy().kind == Kind::kHybrid && a_.n_rows == 1) {
-      SelectHybrid(store_, row, lists, disk_lists, stats);
+      SelectHybrid(store_, row, lists, disk_lists, &selection_, stats);
     } else if (store_.policy().kind == Kind::kQuantKv && a_.n_rows == 1) {
       SelectQuantKv(store_, row, lists, disk_lists, &selection_, stats);
     } else {
@@ -236,6 +236,7 @@ class LayerAttention {
         head.pos0.push_back(b * g_.block_tokens);
         const std::span<const uint16_t> tokens = selection_.Of(h, b);
         head.tokens.emplace_back(tokens.begin(), tokens.end());
+        head.top_k.push_back(selection_.TopK(h, b));
       }
       blocks += static_cast<int64_t>(disk[h].size());
     }
@@ -281,7 +282,7 @@ class LayerAttention {
           return s;
         }
         for (size_t i = 0; i < n; ++i) {
-          views_[i] = gather_.Add(views_[i], selection_.Of(h, disk[h][first + i]), RowBytes());
+          views_[i] = Narrow(h, disk[h][first + i], views_[i]);
         }
         if (!kernels::PartialAttention(Args(h, h + 1, views_.data(), static_cast<int32_t>(n), false,
                                             part_o_.data(), part_lse_.data()))) {
@@ -334,6 +335,17 @@ class LayerAttention {
     return int64_t(g_.head_dim) * int64_t(kernels::KvDtypeSize(g_.dtype));
   }
 
+  // The view of block b of kv head h as the selection attends it: whole, its
+  // selected tokens, or its top-k tokens scored here (gathered copies).
+  kernels::KvBlockView Narrow(int32_t h, int32_t b, const kernels::KvBlockView& view) {
+    if (const int32_t k = selection_.TopK(h, b); k > 0) {
+      const std::vector<uint16_t> top = TopTokens(
+          view, g_.dtype, g_.head_dim, a_.q + int64_t(h) * group_ * g_.head_dim, group_, k);
+      return gather_.Add(view, top, RowBytes());
+    }
+    return gather_.Add(view, selection_.Of(h, b), RowBytes());
+  }
+
   // Replaces the views of `item`'s partly selected blocks by gathered copies
   // of their selected tokens (host-readable buffers: cpu and sim devices).
   void ApplySelection(const Item& item, std::vector<kernels::KvBlockView>& views) {
@@ -343,7 +355,7 @@ class LayerAttention {
     for (int32_t h = item.head_begin; h < item.head_end; ++h) {
       for (int32_t k = item.begin; k < item.end; ++k) {
         kernels::KvBlockView& view = views[size_t(h - item.head_begin) * n + (k - item.begin)];
-        view = gather_.Add(view, selection_.Of(h, lists_[item.rank][h][k]), RowBytes());
+        view = Narrow(h, lists_[item.rank][h][k], view);
       }
     }
   }
@@ -370,8 +382,7 @@ class LayerAttention {
       for (int32_t h = item.head_begin; h < item.head_end; ++h) {
         for (int32_t i = item.begin; i < item.end; ++i) {
           const int32_t b = local[h][i];
-          views.push_back(
-              gather_.Add(store_.View(a_.layer, h, b), selection_.Of(h, b), RowBytes()));
+          views.push_back(Narrow(h, b, store_.View(a_.layer, h, b)));
         }
       }
       if (absl::Status s = ComputeItem(item, views); !s.ok()) return s;
@@ -579,6 +590,7 @@ class LayerAttention {
                           {}});
         const std::span<const uint16_t> tokens = selection_.Of(h, b);
         blocks.back().tokens.assign(tokens.begin(), tokens.end());
+        blocks.back().top_k = selection_.TopK(h, b);
       }
       for (int32_t b : disk[h]) {
         blocks.push_back({static_cast<uint64_t>(store_.Home(a_.layer, h, b).slot),
@@ -588,6 +600,7 @@ class LayerAttention {
                           {}});
         const std::span<const uint16_t> tokens = selection_.Of(h, b);
         blocks.back().tokens.assign(tokens.begin(), tokens.end());
+        blocks.back().top_k = selection_.TopK(h, b);
       }
     }
     const int64_t width = int64_t(group_) * g_.head_dim;

@@ -39,8 +39,16 @@ absl::Status AttendFromDisk(kv::DiskPool& disk, std::span<DiskHead> heads, int64
         const uint8_t* k = data + (i - first) * block_bytes;
         const size_t j = i - head_begin[h];
         const kernels::KvBlockView view{k, k + block_bytes / 2, head.n_tokens[j], head.pos0[j]};
-        views.push_back(j < head.tokens.size() ? gather.Add(view, head.tokens[j], row_bytes)
-                                               : view);
+        const int32_t top_k = j < head.top_k.size() ? head.top_k[j] : 0;
+        if (top_k > 0) {
+          views.push_back(gather.Add(view,
+                                     TopTokens(view, head.args.kv_dtype, head.args.head_dim,
+                                               head.args.q, head.args.group_size, top_k),
+                                     row_bytes));
+        } else {
+          views.push_back(j < head.tokens.size() ? gather.Add(view, head.tokens[j], row_bytes)
+                                                 : view);
+        }
       }
       const kernels::PartialAttentionArgs& acc = head.args;
       const int64_t rows = acc.n_rows, width = int64_t(acc.group_size) * acc.head_dim;

@@ -27,6 +27,9 @@ struct DiskHead {
   // Per block, the token offsets attended (increasing); empty or missing:
   // the whole block.
   std::vector<std::vector<uint16_t>> tokens;
+  // Per block, > 0: only its this many best tokens for the (one) query row
+  // (hybrid's token top-k); missing: 0.
+  std::vector<int32_t> top_k;
 };
 
 // Streams every head's blocks through a read-ahead window of

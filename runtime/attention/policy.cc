@@ -31,7 +31,7 @@ int64_t KeepBlocks(int32_t h, const std::vector<char>& keep, std::vector<HeadLis
 // queries, until the budget of the sequence's tokens (open blocks included)
 // is attended. Ties keep the earlier block.
 void SelectHybrid(const kv::KvStore& store, const DecodeRow& row, std::vector<HeadLists>& lists,
-                  std::vector<HeadLists>& disk, StreamStats* stats) {
+                  std::vector<HeadLists>& disk, Selection* selection, StreamStats* stats) {
   const kv::AttentionPolicy& p = store.policy();
   const kv::KvGeometry& g = store.geometry();
   const int64_t bt = g.block_tokens, hd = g.head_dim;
@@ -41,6 +41,9 @@ void SelectHybrid(const kv::KvStore& store, const DecodeRow& row, std::vector<He
   const int64_t window_start = length - p.window_tokens;
   std::vector<char> keep;
   std::vector<std::pair<float, int32_t>> candidates;
+  selection->tokens.clear();
+  selection->top_k.assign(p.token_top_k > 0 ? g.n_kv_heads : 0,
+                          std::vector<int32_t>(size_t(row.sealed), 0));
   for (int32_t h = 0; h < g.n_kv_heads; ++h) {
     keep.assign(size_t(row.sealed), 0);
     candidates.clear();
@@ -61,15 +64,20 @@ void SelectHybrid(const kv::KvStore& store, const DecodeRow& row, std::vector<He
     }
     std::stable_sort(candidates.begin(), candidates.end(),
                      [](const auto& x, const auto& y) { return x.first > y.first; });
+    int64_t narrowed = 0;  // tokens the token top-k leaves out
     for (const auto& [score, b] : candidates) {
       if (attended >= budget) break;
       keep[b] = 1;
       attended += bt;
+      if (p.token_top_k > 0 && p.token_top_k < bt) {
+        selection->top_k[h][b] = p.token_top_k;
+        narrowed += bt - p.token_top_k;
+      }
     }
     const int64_t kept = KeepBlocks(h, keep, lists, disk);
     if (stats != nullptr) {
       stats->blocks_attended += kept, stats->blocks_total += row.sealed;
-      stats->tokens_attended += length - int64_t(row.sealed - kept) * bt;
+      stats->tokens_attended += length - int64_t(row.sealed - kept) * bt - narrowed;
       stats->tokens_total += length;
     }
   }

@@ -23,14 +23,18 @@ using HeadLists = std::vector<std::vector<int32_t>>;
 
 // tokens[h][b]: the offsets within sealed block b of kv head h to attend,
 // increasing; empty: the whole block (when the block is in a list at all).
+// top_k[h][b] > 0: attend only that many of the block's tokens, the best
+// by exact score, chosen where the block lives (hybrid's token top-k).
 struct Selection {
   std::vector<std::vector<std::vector<uint16_t>>> tokens;
+  std::vector<std::vector<int32_t>> top_k;
 
-  bool empty() const { return tokens.empty(); }
+  bool empty() const { return tokens.empty() && top_k.empty(); }
   std::span<const uint16_t> Of(int32_t head, int32_t block) const {
     if (tokens.empty()) return {};
     return tokens[head][block];
   }
+  int32_t TopK(int32_t head, int32_t block) const { return top_k.empty() ? 0 : top_k[head][block]; }
 };
 
 // One decode row of one layer: its queries (n_kv_heads * group * head_dim,
@@ -42,9 +46,10 @@ struct DecodeRow {
   int32_t sealed = 0;
 };
 
-// hybrid: whole blocks (sinks', window's, best key bounds) within the budget.
+// hybrid: blocks (sinks', window's, best key bounds) within the budget; with
+// token_top_k, the chosen ones narrowed to their best tokens (selection).
 void SelectHybrid(const kv::KvStore& store, const DecodeRow& row, std::vector<HeadLists>& lists,
-                  std::vector<HeadLists>& disk, StreamStats* stats);
+                  std::vector<HeadLists>& disk, Selection* selection, StreamStats* stats);
 
 // quantkv: scores every token with the quantized keys, accumulates the
 // attention and evicts past the KV budget, then selects the sinks, the

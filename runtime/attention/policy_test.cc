@@ -74,6 +74,45 @@ TEST_F(DistributedTest, HybridAttendsSinksWindowAndTheBestBlocksWithinItsBudget)
   EXPECT_FALSE((kv::AttentionPolicy{kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0}.Validate().ok()));
 }
 
+TEST_F(DistributedTest, HybridTokenTopKIsChosenWhereTheBlocksLive) {
+  // A token top-k of a whole block changes nothing; of 8 it attends 8 tokens
+  // of each chosen block, scored on whichever rank (or disk) holds it: the
+  // same tokens on every world and mode.
+  kv::AttentionPolicy whole{kv::AttentionPolicy::Kind::kHybrid, 4, 64, 1.0};
+  whole.token_top_k = kBlock;
+  kv::KvStoreOptions options = Options(cpu_);
+  options.policy = whole;
+  absl::StatusOr<RunResult> all = Generate(options);
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->tokens, reference_->tokens);
+  kv::AttentionPolicy narrow{kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0.5};
+  narrow.token_top_k = 8;
+  options.policy = narrow;
+  absl::StatusOr<RunResult> one = Generate(options);
+  ASSERT_TRUE(one.ok()) << one.status();
+  narrow.token_top_k = 0;
+  options.policy = narrow;
+  absl::StatusOr<RunResult> blocks = Generate(options);
+  ASSERT_TRUE(blocks.ok()) << blocks.status();
+  EXPECT_LT(one->stats.tokens_attended, blocks->stats.tokens_attended);
+  EXPECT_EQ(one->stats.blocks_attended, blocks->stats.blocks_attended);
+  narrow.token_top_k = 8;
+  TempDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  const int64_t block = BlockBytes();
+  for (cluster::ExecMode mode : {cluster::ExecMode::kPull, cluster::ExecMode::kDelegate}) {
+    World world(3, 8 * block, {dir.path(), 512 * block});
+    kv::KvStoreOptions spread = DiskOptions(world, 3, 60, {dir.path(), 512 * block});
+    spread.mode = mode;
+    spread.policy = narrow;
+    absl::StatusOr<RunResult> run = Generate(spread);
+    ASSERT_TRUE(run.ok()) << run.status();
+    EXPECT_EQ(run->tokens, one->tokens) << cluster::ExecModeName(mode);
+    EXPECT_LT(RelL2(run->prompt_logits, one->prompt_logits), 1e-5) << cluster::ExecModeName(mode);
+  }
+  EXPECT_EQ(narrow.Describe(), "hybrid(budget=0.5, token_top_k=8, window=64, sinks=4)");
+}
+
 TEST_F(DistributedTest, QuantKvCoveringEverythingIsExactOnEveryWorld) {
   TempDir dir;
   ASSERT_FALSE(dir.path().empty());

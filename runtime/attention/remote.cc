@@ -63,6 +63,7 @@ std::vector<std::byte> EncodeDelegate(const DelegateRequest& r) {
       w.Put(b.on_disk);
       w.Put(static_cast<int32_t>(b.tokens.size()));
       w.PutArray(b.tokens.data(), b.tokens.size());
+      w.Put(b.top_k);
     }
   }
   w.PutArray(r.q.data(), r.q.size());
@@ -185,13 +186,18 @@ absl::StatusOr<comm::CallReply> MemoryRank::Delegate(std::span<const std::byte> 
 
   std::vector<int32_t> counts(static_cast<size_t>(n_heads));
   std::vector<DiskHead> disk;  // by entry, for entries with disk blocks
+  struct Narrowing {
+    int32_t entry, top_k;
+    std::vector<uint16_t> tokens;
+  };
+  std::vector<Narrowing> narrow;  // per view
   views_.clear();
   gather_.Clear();
   int64_t kv_bytes = 0;
   for (int32_t j = 0; j < n_heads; ++j) {
     int32_t head = 0, n_blocks = 0;
     in.Get(&head), in.Get(&n_blocks);
-    if (!in.ok() || n_blocks < 0 || uint64_t(n_blocks) * 24 > in.remaining()) {
+    if (!in.ok() || n_blocks < 0 || uint64_t(n_blocks) * 28 > in.remaining()) {
       return Malformed(absl::StrCat("block list of entry ", j));
     }
     counts[j] = 0;
@@ -222,7 +228,13 @@ absl::StatusOr<comm::CallReply> MemoryRank::Delegate(std::span<const std::byte> 
                                         ": offset ", block.tokens[i], " of ", block.n_tokens));
         }
       }
-      const int64_t attended = n_selected > 0 ? n_selected : block.n_tokens;
+      in.Get(&block.top_k);
+      if (!in.ok() || block.top_k < 0 || (block.top_k > 0 && n_rows != 1)) {
+        return Malformed(absl::StrCat("token top-k of block ", b, " of kv head ", head));
+      }
+      const int64_t attended = n_selected > 0    ? n_selected
+                               : block.top_k > 0 ? std::min(block.top_k, block.n_tokens)
+                                                 : block.n_tokens;
       kv_bytes += 2 * attended * head_dim * int64_t(kernels::KvDtypeSize(kv_dtype));
       if (block.on_disk) {
         if (disk.size() <= size_t(j)) disk.resize(size_t(j) + 1);
@@ -231,11 +243,12 @@ absl::StatusOr<comm::CallReply> MemoryRank::Delegate(std::span<const std::byte> 
         d.n_tokens.push_back(block.n_tokens);
         d.pos0.push_back(block.pos0);
         d.tokens.push_back(std::move(block.tokens));
+        d.top_k.push_back(block.top_k);
         continue;
       }
       const uint8_t* k = pool + block.offset;
-      views_.push_back(gather_.Add({k, k + half, block.n_tokens, block.pos0}, block.tokens,
-                                   int64_t(head_dim) * int64_t(kernels::KvDtypeSize(kv_dtype))));
+      views_.push_back({k, k + half, block.n_tokens, block.pos0});
+      narrow.push_back({j, block.top_k, std::move(block.tokens)});
       ++counts[j];
     }
   }
@@ -246,6 +259,18 @@ absl::StatusOr<comm::CallReply> MemoryRank::Delegate(std::span<const std::byte> 
   }
   std::vector<float> q(size_t(n_rows) * per_row);
   std::memcpy(q.data(), in.Take(q.size() * sizeof(float)), q.size() * sizeof(float));
+  // Selected tokens gathered, or the top-k of a block chosen by their scores.
+  const int64_t row_bytes = int64_t(head_dim) * int64_t(kernels::KvDtypeSize(kv_dtype));
+  for (size_t i = 0; i < views_.size(); ++i) {
+    const Narrowing& n = narrow[i];
+    views_[i] =
+        n.top_k > 0
+            ? gather_.Add(views_[i],
+                          TopTokens(views_[i], kv_dtype, head_dim,
+                                    q.data() + size_t(n.entry) * group * head_dim, group, n.top_k),
+                          row_bytes)
+            : gather_.Add(views_[i], n.tokens, row_bytes);
+  }
 
   const size_t n_lse = size_t(n_rows) * n_heads * group;
   std::vector<float> reply_floats(n_lse * head_dim + n_lse);

@@ -30,6 +30,9 @@ struct RemoteBlock {
   int32_t on_disk = 0;
   // The token offsets attended (quantkv), increasing; empty: all of them.
   std::vector<uint16_t> tokens;
+  // > 0 (hybrid, one query row): only this many tokens, the best by exact
+  // score for the row's queries, chosen here.
+  int32_t top_k = 0;
 };
 
 // A delegate request: the partials of `heads` (kv head indices, in reply

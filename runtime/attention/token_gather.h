@@ -27,4 +27,11 @@ class TokenGather {
   std::deque<std::vector<uint8_t>> buffers_;
 };
 
+// The offsets (increasing) of the `k` tokens of `view` whose keys score
+// highest for any of `group` queries (group x head_dim floats, contiguous;
+// scores q . k): HGCA's token-level top-k, computed where the block's keys
+// are. All tokens when k >= the block's.
+std::vector<uint16_t> TopTokens(const kernels::KvBlockView& view, kernels::KvDtype dtype,
+                                int32_t head_dim, const float* q, int32_t group, int32_t k);
+
 }  // namespace headwise::attention

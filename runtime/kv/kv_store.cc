@@ -51,8 +51,11 @@ std::string AttentionPolicy::Describe() const {
     case Kind::kExact:
       return "exact";
     case Kind::kHybrid:
-      return absl::StrFormat("hybrid(budget=%g, window=%d, sinks=%d)", budget, window_tokens,
-                             sink_tokens);
+      return token_top_k > 0
+                 ? absl::StrFormat("hybrid(budget=%g, token_top_k=%d, window=%d, sinks=%d)", budget,
+                                   token_top_k, window_tokens, sink_tokens)
+                 : absl::StrFormat("hybrid(budget=%g, window=%d, sinks=%d)", budget, window_tokens,
+                                   sink_tokens);
     case Kind::kQuantKv:
       return absl::StrFormat(
           "quantkv(kv_budget=%g, tau=%g, top_k=%d, key_bits=%d, window=%d, "
@@ -76,6 +79,10 @@ absl::Status AttentionPolicy::Validate() const {
   if (!(tau > 0 && tau <= 1)) {
     return absl::InvalidArgumentError(
         absl::StrCat("quantkv tau must be in (0, 1], got ", absl::StrFormat("%g", tau)));
+  }
+  if (token_top_k < 0 || token_top_k > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hybrid token top-k must be in [0, 65535], got ", token_top_k));
   }
   if (top_k < 0) {
     return absl::InvalidArgumentError(absl::StrCat("quantkv top-k must be >= 0, got ", top_k));

@@ -80,6 +80,10 @@ struct AttentionPolicy {
   double tau = 0.9;      // quantkv: the others' approximate attention mass selected, (0, 1]
   int32_t top_k = 0;     // quantkv: most tokens selected per kv head (0: no cap)
   int32_t key_bits = 4;  // quantkv: 4 or 2
+  // hybrid: inside each block chosen by its bounds (not the sinks' or the
+  // window's), only its this many best tokens by exact score, chosen where
+  // the block lives (0: whole blocks).
+  int32_t token_top_k = 0;
 
   // "exact", "hybrid(budget=0.25, window=512, sinks=4)" or
   // "quantkv(kv_budget=0.25, tau=0.9, top_k=0, key_bits=4, window=512, sinks=4)".

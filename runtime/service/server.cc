@@ -105,6 +105,8 @@ absl::StatusOr<std::optional<kv::AttentionPolicy>> PolicyFrom(const v1::Policy& 
       out.tau = number;
     } else if (key == "top_k") {
       s = whole(&out.top_k);
+    } else if (key == "token_top_k") {
+      s = whole(&out.token_top_k);
     } else if (key == "key_bits") {
       s = whole(&out.key_bits);
     } else if (key == "window") {
@@ -114,7 +116,7 @@ absl::StatusOr<std::optional<kv::AttentionPolicy>> PolicyFrom(const v1::Policy& 
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown policy param '", key,
-                       "' (budget, kv_budget, tau, top_k, key_bits, window, sinks)"));
+                       "' (budget, kv_budget, token_top_k, tau, top_k, key_bits, window, sinks)"));
     }
     if (!s.ok()) return s;
   }
