@@ -330,11 +330,7 @@ int RunEval(const EvalFlags& flags, const std::string& command) {
   if (!started.ok()) return Fail(started.status());
   Runtime& rt = *started;
   if (rt.memory_rank()) return rt.cluster->ServeMemoryRank(flags.runtime.threads);
-  auto fail = [&rt](const absl::Status& status) {
-    const int code = Fail(status);
-    rt.AbortCluster(code);
-    return code;
-  };
+  auto fail = [&rt](const absl::Status& status) { return rt.FailJob("eval", status); };
   absl::StatusOr<std::unique_ptr<model::LlamaModel>> llm =
       model::LlamaModel::Load(flags.runtime.model, rt.pool.get());
   if (!llm.ok()) return fail(llm.status());

@@ -207,13 +207,7 @@ int RunGenerate(const GenerateFlags& flags) {
   Runtime& rt = *started;
   if (rt.memory_rank()) return rt.cluster->ServeMemoryRank(flags.runtime.threads);
   ClusterSession* cluster = rt.cluster.get();
-  // From here on, a failure on the coordinator of a distributed run ends the
-  // whole job: memory ranks would otherwise wait for a stop that never comes.
-  auto fail = [&rt](const absl::Status& status) {
-    const int code = Fail(status);
-    rt.AbortCluster(code);
-    return code;
-  };
+  auto fail = [&rt](const absl::Status& status) { return rt.FailJob("generate", status); };
 
   absl::StatusOr<std::unique_ptr<model::LlamaModel>> llm =
       model::LlamaModel::Load(flags.runtime.model, rt.pool.get());

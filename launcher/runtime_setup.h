@@ -60,6 +60,10 @@ struct RuntimeFlags {
 // AddEnvTwins, called by the subcommand after all its options).
 void AddRuntimeOptions(CLI::App& cmd, RuntimeFlags& flags);
 
+// One line on stderr: "headwise <command>: [CODE: ]message"; the code is
+// named for peer failures (UNAVAILABLE, DEADLINE_EXCEEDED). Returns 1.
+int Fail(std::string_view command, const absl::Status& status);
+
 struct Runtime {
   // Set under mpirun/srun. On a memory rank only this is set: the caller
   // serves (cluster->ServeMemoryRank) and returns.
@@ -73,15 +77,19 @@ struct Runtime {
   void AbortCluster(int code) {
     if (cluster != nullptr) cluster->Abort(code);
   }
+  // Fail, then AbortCluster: once the cluster started, a coordinator's
+  // failure ends the whole job (memory ranks would otherwise wait for a stop
+  // that never comes).
+  int FailJob(std::string_view command, const absl::Status& status) {
+    const int code = Fail(command, status);
+    AbortCluster(code);
+    return code;
+  }
 };
 
 // INVALID_ARGUMENT for bad flags (before anything starts); errors of MPI,
 // UCX or the device otherwise (a coordinator failing after the cluster
 // started reports it as `command` and aborts the job).
 absl::StatusOr<Runtime> StartRuntime(const RuntimeFlags& flags, std::string_view command);
-
-// One line on stderr: "headwise <command>: [CODE: ]message"; the code is
-// named for peer failures (UNAVAILABLE, DEADLINE_EXCEEDED). Returns 1.
-int Fail(std::string_view command, const absl::Status& status);
 
 }  // namespace headwise::launcher

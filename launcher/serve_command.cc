@@ -119,11 +119,7 @@ int RunServe(const ServeFlags& flags) {
   if (!started.ok()) return Fail(started.status());
   Runtime& rt = *started;
   if (rt.memory_rank()) return rt.cluster->ServeMemoryRank(flags.runtime.threads);
-  auto fail = [&rt](const absl::Status& status) {
-    const int code = Fail(status);
-    rt.AbortCluster(code);
-    return code;
-  };
+  auto fail = [&rt](const absl::Status& status) { return rt.FailJob("serve", status); };
 
   service::ServerOptions server_options;
   server_options.listen = flags.listen;
