@@ -65,16 +65,19 @@ for path in sorted(glob.glob(os.path.join(out, "policy_*_*.json"))):
     if path.endswith("summary.json"):
         continue
     s = json.load(open(path))
-    tiers = {}
+    tiers, attended = {}, {}
     for rank in s["ranks"]:
         for tier, t in rank["tiers"].items():
             tiers[f"rank{rank['rank']}.{tier}"] = t["peak_bytes"]
+        if rank["rank"] > 0:
+            attended[f"rank{rank['rank']}"] = rank["attention_bytes"]
     rows.append({"world_size": s["world_size"], "policy": s["policy"],
                  "prompt_tokens": s["prompt_tokens"],
                  "decode_tokens_per_s": round(s["decode_tokens_per_s"], 2),
                  "tokens_attended_fraction": round(s["tokens_attended"] / max(1, s["tokens_total"]), 3),
                  "key_cache_bytes": s["key_cache_bytes"], "tokens_evicted": s["tokens_evicted"],
-                 "peak_bytes_per_tier": tiers, "text": s["text"].strip()})
+                 "peak_bytes_per_tier": tiers, "kv_bytes_attended_by_memory_ranks": attended,
+                 "text": s["text"].strip()})
 summary = {"machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
            "runs": rows}
 for world in sorted({r["world_size"] for r in rows}):

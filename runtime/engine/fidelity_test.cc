@@ -1,0 +1,41 @@
+// The fidelity harness's small pieces: policy specs, KL, argmax.
+#include "runtime/engine/fidelity.h"
+
+#include <cmath>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace headwise::engine {
+namespace {
+
+TEST(FidelityTest, PolicySpecsNameAKindAndItsBudget) {
+  kv::AttentionPolicy base;
+  base.window_tokens = 64;
+  absl::StatusOr<PolicyUnderTest> quarter = ParsePolicySpec("quantkv@0.25", base);
+  ASSERT_TRUE(quarter.ok()) << quarter.status();
+  EXPECT_EQ(quarter->label, "quantkv@0.25");
+  EXPECT_EQ(quarter->policy.kind, kv::AttentionPolicy::Kind::kQuantKv);
+  EXPECT_DOUBLE_EQ(quarter->policy.budget, 0.25);
+  EXPECT_EQ(quarter->policy.window_tokens, 64);  // from the base
+  absl::StatusOr<PolicyUnderTest> exact = ParsePolicySpec("exact", base);
+  ASSERT_TRUE(exact.ok());
+  EXPECT_EQ(exact->policy.kind, kv::AttentionPolicy::Kind::kExact);
+  for (const char* bad : {"quest@0.25", "hybrid@", "hybrid@x", "hybrid@2", "exact@0.5"}) {
+    EXPECT_EQ(ParsePolicySpec(bad, base).status().code(), absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
+}
+
+TEST(FidelityTest, KlIsZeroForEqualDistributionsAndMatchesTheFormula) {
+  const std::vector<float> p = {std::log(0.5f), std::log(0.25f), std::log(0.25f)};
+  const std::vector<float> q = {std::log(0.25f), std::log(0.25f), std::log(0.5f)};
+  EXPECT_NEAR(KlDivergence(p, p), 0.0, 1e-12);
+  // 0.5 log(0.5/0.25) + 0.25 log(1) + 0.25 log(0.25/0.5) = 0.25 log 2
+  EXPECT_NEAR(KlDivergence(p, q), 0.25 * std::log(2.0), 1e-6);
+  EXPECT_EQ(Argmax(p), 0);
+  EXPECT_EQ(Argmax(q), 2);
+}
+
+}  // namespace
+}  // namespace headwise::engine
