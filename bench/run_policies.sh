@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Decode speed and KV bytes per tier of the attention policies at one
 # context, side by side: exact vs hybrid vs quantkv on the same placement,
-# in one process and with ranks (mpirun on this host; rank 0's KV budget
-# small so most of the KV lives in the memory ranks' pools). The default
+# in one process and with ranks (mpirun on this host, delegate mode; every
+# rank's pool HOST_MEM, so each holds its kv heads' share). The default
 # model, a passkey document of LENGTH tokens, STEPS tokens decoded.
 # Writes bench/out/policy_<ranks>_<policy>.json (generate's --stats-json) and
 # bench/out/policy_summary.json (also printed).
 #
 #   bench/run_policies.sh [BUILD_DIR]      (default: build)
-#   env: LENGTH (8000) STEPS (48) RANKS ("1 3") COORD_HOST (48MiB: rank 0's
-#        KV budget with ranks) POLICIES ("exact hybrid quantkv") BUDGET (0.25)
+#   env: LENGTH (8000) STEPS (48) RANKS ("1 3") HOST_MEM (96MiB: every
+#        rank's KV pool; the KV is ~180 MB) POLICIES ("exact hybrid quantkv")
+#        BUDGET (0.25)
 #        MODEL (models/SmolLM2-135M-Instruct.Q4_1.gguf)
 set -euo pipefail
 
@@ -28,13 +29,13 @@ mkdir -p "$out"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_pml=ob1 \
   OMPI_MCA_btl=self,vader
 
-# A passkey document of about LENGTH tokens (~23 tokens per filler line).
+# A passkey document of about LENGTH tokens (~24 tokens per filler line).
 doc="$out/policy_doc.txt"
 /usr/bin/python3 - "$doc" "$length" <<'PY'
 import sys
 path, tokens = sys.argv[1], int(sys.argv[2])
 filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-repeats = max(1, (tokens - 60) // 23)
+repeats = max(1, (tokens - 60) // 25)
 parts = ["There is an important piece of information hidden inside a lot of irrelevant text. "
          "Find it and memorize it. I will quiz you about it.\n"] + [filler] * repeats
 parts.insert(repeats * 2 // 5, "The pass key is 68215. Remember it. 68215 is the pass key. ")
@@ -49,7 +50,7 @@ for ranks in ${RANKS:-1 3}; do
     cmd=("$hw" generate -m "$model" -f "$doc" --chat -n "$steps" --ignore-eos "${knobs[@]}"
       --policy "$policy" --stats-json "$stats")
     if [ "$ranks" -gt 1 ]; then
-      cmd=(mpirun -np "$ranks" --oversubscribe "${cmd[@]}" --host-mem "${COORD_HOST:-48MiB}"
+      cmd=(mpirun -np "$ranks" --oversubscribe "${cmd[@]}" --host-mem "${HOST_MEM:-96MiB}"
         --mode delegate)
     fi
     echo "== $ranks rank(s), $policy: ${cmd[*]}" >&2

@@ -36,7 +36,7 @@ struct EvalFlags {
   RuntimeFlags runtime;
   std::string policies = "exact,hybrid@0.25,hybrid@0.125,quantkv@0.25,quantkv@0.125";
   std::string lengths = "1024,2048,4096,8192";
-  int32_t depths = 10;
+  std::string depths = "10";  // a count (evenly 0%..100%) or fractions "0.2,0.5"
   int32_t answer_tokens = 12;
   std::string text = "/usr/share/common-licenses/GPL-3";
   std::string band_starts = "512,1024,2048,4096,6144,7168";
@@ -62,6 +62,29 @@ absl::StatusOr<std::vector<int64_t>> ParseInts(const std::string& flag, const st
     if (*end != '\0' || out.back() <= 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--", flag, " takes positive integers separated by commas, got '", text, "'"));
+    }
+  }
+  return out;
+}
+
+// "N": N depths evenly from 0 to 1; "0.2,0.5": those.
+absl::StatusOr<std::vector<double>> ParseDepths(const std::string& text) {
+  std::vector<double> out;
+  if (text.find_first_of(".,") == std::string::npos) {
+    absl::StatusOr<std::vector<int64_t>> n = ParseInts("depths", text);
+    if (!n.ok()) return n.status();
+    if (n->size() != 1) return absl::InvalidArgumentError("--depths: one count");
+    for (int64_t d = 0; d < n->front(); ++d) {
+      out.push_back(n->front() > 1 ? double(d) / double(n->front() - 1) : 0.0);
+    }
+    return out;
+  }
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    char* end = nullptr;
+    const std::string s(part);
+    out.push_back(std::strtod(s.c_str(), &end));
+    if (*end != '\0' || !(out.back() >= 0 && out.back() <= 1)) {
+      return absl::InvalidArgumentError("--depths: a count, or fractions in [0, 1] like 0.2,0.5");
     }
   }
   return out;
@@ -115,8 +138,9 @@ class Evaluation {
  public:
   Evaluation(const EvalFlags& flags, model::LlamaModel& llm, const model::Tokenizer& tokenizer,
              engine::GenerateOptions options, std::vector<engine::PolicyUnderTest> policies,
-             std::string command)
+             std::vector<double> depths, std::string command)
       : flags_(flags),
+        depths_(std::move(depths)),
         llm_(llm),
         tokenizer_(tokenizer),
         options_(std::move(options)),
@@ -137,14 +161,14 @@ class Evaluation {
     out = {{"lengths", lengths},
            {"depths", nlohmann::json::array()},
            {"cells", nlohmann::json::array()}};
-    for (int32_t d = 0; d < flags_.depths; ++d) out["depths"].push_back(Depth(d));
+    out["depths"] = depths_;
     std::mt19937 rng(static_cast<uint32_t>(flags_.seed));
     std::uniform_int_distribution<int32_t> digits(10000, 99999);
     const Clock::time_point start = Clock::now();
-    const int64_t cells = int64_t(lengths.size()) * flags_.depths;
+    const int64_t cells = int64_t(lengths.size() * depths_.size());
     int64_t done = 0;
     for (int64_t length : lengths) {
-      for (int32_t d = 0; d < flags_.depths; ++d) {
+      for (size_t d = 0; d < depths_.size(); ++d) {
         const std::string key = std::to_string(digits(rng));
         absl::StatusOr<std::vector<int32_t>> prompt = engine::PasskeyPrompt(
             llm_, tokenizer_, length - flags_.answer_tokens - 4, Depth(d), key);
@@ -248,9 +272,7 @@ class Evaluation {
   }
 
  private:
-  double Depth(int32_t d) const {
-    return flags_.depths > 1 ? double(d) / (flags_.depths - 1) : 0.0;
-  }
+  double Depth(size_t d) const { return depths_[d]; }
 
   // Prefill runs under quantkv (prefill is exact under every policy) so its
   // observation window is there for the quantkv policies under test.
@@ -297,6 +319,7 @@ class Evaluation {
   }
 
   const EvalFlags& flags_;
+  const std::vector<double> depths_;
   model::LlamaModel& llm_;
   const model::Tokenizer& tokenizer_;
   const engine::GenerateOptions options_;
@@ -321,9 +344,10 @@ int RunEval(const EvalFlags& flags, const std::string& command) {
   if (policies.empty() || policies.front().policy.kind != kv::AttentionPolicy::Kind::kExact) {
     return Fail(absl::InvalidArgumentError("--policies must start with exact (the reference)"));
   }
-  if (flags.depths < 1 || flags.answer_tokens < 1 || flags.band_tokens < 1) {
-    return Fail(
-        absl::InvalidArgumentError("--depths, --answer-tokens and --band-tokens must be >= 1"));
+  absl::StatusOr<std::vector<double>> depths = ParseDepths(flags.depths);
+  if (!depths.ok()) return Fail(depths.status());
+  if (flags.answer_tokens < 1 || flags.band_tokens < 1) {
+    return Fail(absl::InvalidArgumentError("--answer-tokens and --band-tokens must be >= 1"));
   }
 
   absl::StatusOr<Runtime> started = StartRuntime(flags.runtime, "eval");
@@ -345,7 +369,7 @@ int RunEval(const EvalFlags& flags, const std::string& command) {
   }
   engine::GenerateOptions options = rt.base;
   options.policy = *base;
-  Evaluation eval(flags, **llm, *tokenizer, options, policies, command);
+  Evaluation eval(flags, **llm, *tokenizer, options, policies, *depths, command);
   if (absl::Status s = eval.Passkey(*lengths); !s.ok()) return fail(s);
   if (absl::Status s = eval.Bands(*starts); !s.ok()) return fail(s);
   if (rt.cluster != nullptr) {
@@ -371,7 +395,8 @@ void RegisterEvalCommand(CLI::App& app, CommandRunner& run) {
       ->capture_default_str();
   cmd->add_option("--lengths", flags->lengths, "Passkey context lengths in tokens")
       ->capture_default_str();
-  cmd->add_option("--depths", flags->depths, "Key depths per length, 0% to 100%")
+  cmd->add_option("--depths", flags->depths,
+                  "Key depths per length: a count (evenly from 0% to 100%) or fractions (0.2,0.5)")
       ->capture_default_str();
   cmd->add_option("--answer-tokens", flags->answer_tokens, "Tokens generated per answer")
       ->capture_default_str();
