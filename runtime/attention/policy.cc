@@ -62,6 +62,13 @@ void SelectHybrid(const kv::KvStore& store, const DecodeRow& row, std::vector<He
       }
       candidates.push_back({score, b});
     }
+    // A block also scores what the block before it scored: what follows a
+    // relevant span (a number cut by a block boundary) comes along.
+    for (size_t i = candidates.size(); i-- > 1;) {
+      if (candidates[i - 1].second + 1 == candidates[i].second) {
+        candidates[i].first = std::max(candidates[i].first, candidates[i - 1].first);
+      }
+    }
     std::stable_sort(candidates.begin(), candidates.end(),
                      [](const auto& x, const auto& y) { return x.first > y.first; });
     int64_t narrowed = 0;  // tokens the token top-k leaves out
@@ -85,7 +92,9 @@ void SelectHybrid(const kv::KvStore& store, const DecodeRow& row, std::vector<He
 
 namespace {
 
-constexpr int64_t kPoolRadius = 3;  // SnapKV's pooling kernel of 7
+// SnapKV pools with a kernel of 7; a radius of 3 lost a 5-digit key's last
+// digits at 8K tokens (its peak sits on "is", before the digits), 8 keeps them.
+constexpr int64_t kPoolRadius = 8;
 
 // Runs [begin, end) of the tokens of (layer, head) below `end` not evicted.
 void LiveRuns(const std::vector<uint8_t>& evicted, int64_t end,
@@ -169,89 +178,103 @@ void SelectQuantKv(kv::KvStore& store, const DecodeRow& row, std::vector<HeadLis
   };
 
   selection->tokens.assign(g.n_kv_heads, std::vector<std::vector<uint16_t>>(row.sealed));
-  std::vector<float> scores(static_cast<size_t>(row.group * length));
-  std::vector<float> mass(static_cast<size_t>(length)), pooled;
-  std::vector<std::pair<int64_t, int64_t>> runs;
-  std::vector<int64_t> order;
-  std::vector<char> keep;
-  for (int32_t h = 0; h < g.n_kv_heads; ++h) {
-    std::vector<uint8_t>& evicted = cache.evicted(row.layer, h);
-    std::vector<float>& acc = cache.accumulated(row.layer, h);
-    // The group's mean approximate attention over the tokens still kept,
-    // accumulated (HCAttention / H2O's eviction score).
-    LiveRuns(evicted, length, runs);
-    std::fill(mass.begin(), mass.end(), 0.0f);
-    AddApproxAttention(cache, row.layer, h, row.q + int64_t(h) * row.group * hd, row.group, scale,
-                       1.0f / float(row.group), runs, scores, length, mass.data());
-    int64_t kept = 0;
-    for (const auto& [begin, end] : runs) {
-      kept += end - begin;
-      for (int64_t t = begin; t < end; ++t) acc[t] += mass[t];
-    }
-
-    // Past the budget the least accumulated attention goes first.
-    order.clear();
-    for (const auto& [begin, end] : runs) {
-      for (int64_t t = begin; t < end; ++t) {
-        if (!dense(t)) order.push_back(t);
+  // Heads are independent (their own cache rows, lists and selection), so
+  // they run on the device's host threads, each range with its own scratch.
+  struct Counts {
+    int64_t blocks = 0, tokens = 0;
+  };
+  std::vector<Counts> counts(size_t(g.n_kv_heads));
+  auto select = [&](int64_t first_head, int64_t end_head) {
+    std::vector<float> scores(static_cast<size_t>(row.group * length));
+    std::vector<float> mass(static_cast<size_t>(length)), pooled;
+    std::vector<std::pair<int64_t, int64_t>> runs;
+    std::vector<int64_t> order;
+    std::vector<char> keep;
+    for (int32_t h = int32_t(first_head); h < end_head; ++h) {
+      std::vector<uint8_t>& evicted = cache.evicted(row.layer, h);
+      std::vector<float>& acc = cache.accumulated(row.layer, h);
+      // The group's mean approximate attention over the tokens still kept,
+      // accumulated (HCAttention / H2O's eviction score).
+      LiveRuns(evicted, length, runs);
+      std::fill(mass.begin(), mass.end(), 0.0f);
+      AddApproxAttention(cache, row.layer, h, row.q + int64_t(h) * row.group * hd, row.group, scale,
+                         1.0f / float(row.group), runs, scores, length, mass.data());
+      int64_t kept = 0;
+      for (const auto& [begin, end] : runs) {
+        kept += end - begin;
+        for (int64_t t = begin; t < end; ++t) acc[t] += mass[t];
       }
-    }
-    if (kept > keep_tokens) {
-      // Ranked by the most any token within kPoolRadius of it accumulated
-      // (SnapKV's pooling): a kept token keeps its neighbours, so spans such
-      // as a number's digits stay whole.
-      pooled.assign(size_t(length), 0.0f);
-      for (int64_t t : order) {
-        const int64_t lo = std::max<int64_t>(0, t - kPoolRadius);
-        const int64_t hi = std::min<int64_t>(length, t + kPoolRadius + 1);
-        pooled[t] = *std::max_element(acc.begin() + lo, acc.begin() + hi);
-      }
-      const size_t drop = std::min<size_t>(order.size(), size_t(kept - keep_tokens));
-      std::partial_sort(order.begin(), order.begin() + drop, order.end(),
-                        [&](int64_t x, int64_t y) {
-                          return pooled[x] < pooled[y] || (pooled[x] == pooled[y] && x > y);
-                        });
-      for (size_t i = 0; i < drop; ++i) evicted[order[i]] = 1, mass[order[i]] = 0;
-      order.erase(order.begin(), order.begin() + drop);
-    }
 
-    // The dense tokens, then the heaviest others until they cover tau of
-    // the others' mass (sinks take most of the mass in many heads: tau of
-    // the whole would leave little for the rest).
-    double covered = 0, total = 0;
-    for (int64_t t : order) total += mass[t];
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int64_t x, int64_t y) { return mass[x] > mass[y]; });
-    size_t chosen = 0;
-    const size_t cap = p.top_k > 0 ? std::min(order.size(), size_t(p.top_k)) : order.size();
-    while (chosen < cap && (p.tau >= 1 || covered < p.tau * total))
-      covered += mass[order[chosen++]];
-    order.resize(chosen);
-    std::sort(order.begin(), order.end());
-
-    // Per sealed block: whole, some tokens, or none.
-    std::vector<std::vector<uint16_t>>& tokens = selection->tokens[h];
-    auto next = order.begin();
-    for (int32_t b = 0; b < row.sealed; ++b) {
-      for (int64_t t = b * bt; t < (b + 1) * bt; ++t) {
-        const bool picked = next != order.end() && *next == t;
-        next += picked;
-        if (picked || (dense(t) && !evicted[t]))
-          tokens[b].push_back(static_cast<uint16_t>(t - b * bt));
+      // Past the budget the least accumulated attention goes first.
+      order.clear();
+      for (const auto& [begin, end] : runs) {
+        for (int64_t t = begin; t < end; ++t) {
+          if (!dense(t)) order.push_back(t);
+        }
       }
+      if (kept > keep_tokens) {
+        // Ranked by the most any token within kPoolRadius of it accumulated
+        // (SnapKV's pooling): a kept token keeps its neighbours, so spans such
+        // as a number's digits stay whole.
+        pooled.assign(size_t(length), 0.0f);
+        for (int64_t t : order) {
+          const int64_t lo = std::max<int64_t>(0, t - kPoolRadius);
+          const int64_t hi = std::min<int64_t>(length, t + kPoolRadius + 1);
+          pooled[t] = *std::max_element(acc.begin() + lo, acc.begin() + hi);
+        }
+        const size_t drop = std::min<size_t>(order.size(), size_t(kept - keep_tokens));
+        std::partial_sort(order.begin(), order.begin() + drop, order.end(),
+                          [&](int64_t x, int64_t y) {
+                            return pooled[x] < pooled[y] || (pooled[x] == pooled[y] && x > y);
+                          });
+        for (size_t i = 0; i < drop; ++i) evicted[order[i]] = 1, mass[order[i]] = 0;
+        order.erase(order.begin(), order.begin() + drop);
+      }
+
+      // The dense tokens, then the heaviest others until they cover tau of
+      // the others' mass (sinks take most of the mass in many heads: tau of
+      // the whole would leave little for the rest).
+      double covered = 0, total = 0;
+      for (int64_t t : order) total += mass[t];
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int64_t x, int64_t y) { return mass[x] > mass[y]; });
+      size_t chosen = 0;
+      const size_t cap = p.top_k > 0 ? std::min(order.size(), size_t(p.top_k)) : order.size();
+      while (chosen < cap && (p.tau >= 1 || covered < p.tau * total))
+        covered += mass[order[chosen++]];
+      order.resize(chosen);
+      std::sort(order.begin(), order.end());
+
+      // Per sealed block: whole, some tokens, or none.
+      std::vector<std::vector<uint16_t>>& tokens = selection->tokens[h];
+      auto next = order.begin();
+      for (int32_t b = 0; b < row.sealed; ++b) {
+        for (int64_t t = b * bt; t < (b + 1) * bt; ++t) {
+          const bool picked = next != order.end() && *next == t;
+          next += picked;
+          if (picked || (dense(t) && !evicted[t]))
+            tokens[b].push_back(static_cast<uint16_t>(t - b * bt));
+        }
+      }
+      keep.assign(size_t(row.sealed), 0);
+      int64_t attended = length - sealed_tokens;
+      for (int32_t b = 0; b < row.sealed; ++b) {
+        keep[b] = !tokens[b].empty();
+        attended += static_cast<int64_t>(tokens[b].size());
+        if (int64_t(tokens[b].size()) == bt) tokens[b].clear();  // the whole block
+      }
+      counts[h] = {KeepBlocks(h, keep, lists, disk), attended};
     }
-    keep.assign(size_t(row.sealed), 0);
-    int64_t attended = length - sealed_tokens;
-    for (int32_t b = 0; b < row.sealed; ++b) {
-      keep[b] = !tokens[b].empty();
-      attended += static_cast<int64_t>(tokens[b].size());
-      if (int64_t(tokens[b].size()) == bt) tokens[b].clear();  // the whole block
-    }
-    const int64_t blocks = KeepBlocks(h, keep, lists, disk);
-    if (stats != nullptr) {
-      stats->blocks_attended += blocks, stats->blocks_total += row.sealed;
-      stats->tokens_attended += attended, stats->tokens_total += length;
-    }
+  };
+  if (const kernels::ParallelFor* parallel = store.device().host_parallel(); parallel != nullptr) {
+    parallel->Run(g.n_kv_heads, select);
+  } else {
+    select(0, g.n_kv_heads);
+  }
+  if (stats == nullptr) return;
+  for (const Counts& c : counts) {
+    stats->blocks_attended += c.blocks, stats->blocks_total += row.sealed;
+    stats->tokens_attended += c.tokens, stats->tokens_total += length;
   }
 }
 

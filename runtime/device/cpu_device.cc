@@ -37,6 +37,8 @@ class CpuDevice final : public Device {
       : parallel_(parallel != nullptr ? parallel : &serial_) {}
 
   std::string_view name() const override { return "cpu"; }
+  const kernels::ParallelFor* host_parallel() const override { return parallel_; }
+
   DeviceCapabilities capabilities() const override {
     return {.zero_copy_host = true, .async_copy = false};
   }

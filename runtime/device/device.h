@@ -95,6 +95,9 @@ class Device {
 
   virtual std::string_view name() const = 0;
   virtual DeviceCapabilities capabilities() const = 0;
+  // The host threads the device computes with (cpu, sim), for host-side work
+  // next to its kernels (a policy's selection); null: none to share.
+  virtual const kernels::ParallelFor* host_parallel() const { return nullptr; }
 
   // Device memory of `bytes` (> 0), aligned to kDeviceAlignment, contents
   // unspecified. ResourceExhausted, with the budget, the bytes in use and the

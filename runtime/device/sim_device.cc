@@ -92,6 +92,8 @@ class SimDevice final : public Device {
   }
 
   std::string_view name() const override { return "sim"; }
+  const kernels::ParallelFor* host_parallel() const override { return parallel_; }
+
   DeviceCapabilities capabilities() const override {
     return {.zero_copy_host = false, .async_copy = true};
   }
