@@ -82,7 +82,10 @@ absl::StatusOr<std::optional<kv::AttentionPolicy>> PolicyFrom(const v1::Policy& 
   }
   kv::AttentionPolicy out;
   out.kind = *kind;
-  for (const auto& [key, value] : policy.params()) {
+  for (const auto& param : policy.params()) {
+    // Named, not bound: clang 14 cannot capture structured bindings.
+    const std::string& key = param.first;
+    const std::string& value = param.second;
     char* end = nullptr;
     const double number = std::strtod(value.c_str(), &end);
     if (value.empty() || *end != '\0' || !std::isfinite(number)) {
