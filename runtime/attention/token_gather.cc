@@ -11,7 +11,9 @@ kernels::KvBlockView TokenGather::Add(const kernels::KvBlockView& view,
                                       std::span<const uint16_t> tokens, int64_t row_bytes) {
   if (tokens.empty()) return view;
   const size_t n = tokens.size(), row = size_t(row_bytes);
-  std::vector<uint8_t>& buffer = buffers_.emplace_back(2 * n * row);
+  if (used_ == buffers_.size()) buffers_.emplace_back();
+  std::vector<uint8_t>& buffer = buffers_[used_++];
+  buffer.resize(2 * n * row);
   const auto* k = static_cast<const uint8_t*>(view.k);
   const auto* v = static_cast<const uint8_t*>(view.v);
   for (size_t i = 0; i < n; ++i) {

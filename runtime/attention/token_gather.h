@@ -13,7 +13,8 @@
 
 namespace headwise::attention {
 
-// Dense copies of some tokens of blocks, alive until Clear.
+// Dense copies of some tokens of blocks, alive until Clear. The buffers are
+// kept across Clear and reused (a decode step gathers every layer).
 class TokenGather {
  public:
   // A view of `tokens` (offsets, increasing) of `view`: their K rows then V
@@ -21,10 +22,11 @@ class TokenGather {
   // `view` itself.
   kernels::KvBlockView Add(const kernels::KvBlockView& view, std::span<const uint16_t> tokens,
                            int64_t row_bytes);
-  void Clear() { buffers_.clear(); }
+  void Clear() { used_ = 0; }
 
  private:
-  std::deque<std::vector<uint8_t>> buffers_;
+  std::deque<std::vector<uint8_t>> buffers_;  // a deque: earlier ones stay put
+  size_t used_ = 0;
 };
 
 // The offsets (increasing) of the `k` tokens of `view` whose keys score

@@ -105,7 +105,6 @@ absl::StatusOr<Continuation> ContinueUnder(model::LlamaModel& llm,
   if (absl::Status s = store.set_policy(policy); !s.ok()) return s;
   GenerateOptions run = options;
   run.max_tokens = max_tokens;
-  run.policy = policy;
   run.on_prefill_progress = nullptr;
   absl::StatusOr<GenerateResult> result =
       GenerateOn(llm, tokenizer, store, std::span<const int32_t>(&last, 1), run, nullptr);
