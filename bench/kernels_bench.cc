@@ -6,6 +6,7 @@
 
 #include "benchmark/benchmark.h"
 #include "kernels/attention.h"
+#include "kernels/key_quant.h"
 #include "kernels/lse.h"
 #include "kernels/ops.h"
 #include "kernels/quant.h"
@@ -92,6 +93,29 @@ void BM_DequantizeQ4_1(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * int64_t(n));
 }
 BENCHMARK(BM_DequantizeQ4_1);
+
+// quantkv's and hybrid's per-step scoring: one kv head's group of 3
+// queries against every token's quantized key (rows per second).
+void BM_QuantizedKeyScores(benchmark::State& state) {
+  const int64_t tokens = state.range(0);
+  const headwise::kernels::KeyQuantFormat f{static_cast<int32_t>(state.range(1)), 32, 64};
+  const int32_t n_q = 3;
+  std::mt19937 rng(4);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(size_t(tokens) * f.dim), q(size_t(n_q) * f.dim);
+  for (float& v : x) v = normal(rng);
+  for (float& v : q) v = normal(rng);
+  std::vector<uint8_t> codes(size_t(tokens * f.CodeBytes()));
+  std::vector<float> scale_zero(size_t(tokens) * f.Groups() * 2), scores(size_t(n_q * tokens));
+  headwise::kernels::QuantizeKeys(f, x.data(), f.dim, tokens, codes.data(), scale_zero.data());
+  for (auto _ : state) {
+    headwise::kernels::QuantizedKeyScoresMulti(f, q.data(), n_q, codes.data(), scale_zero.data(),
+                                               tokens, scores.data(), tokens);
+    benchmark::DoNotOptimize(scores.data());
+  }
+  state.SetItemsProcessed(state.iterations() * tokens);
+}
+BENCHMARK(BM_QuantizedKeyScores)->ArgsProduct({{8192}, {4, 2}})->ArgNames({"tokens", "bits"});
 
 }  // namespace
 

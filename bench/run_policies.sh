@@ -9,8 +9,9 @@
 #
 #   bench/run_policies.sh [BUILD_DIR]      (default: build)
 #   env: LENGTH (8000) STEPS (48) RANKS ("1 3") HOST_MEM (96MiB: every
-#        rank's KV pool; the KV is ~180 MB) POLICIES ("exact hybrid quantkv")
-#        BUDGET (0.25)
+#        rank's KV pool; the KV is ~180 MB) BUDGET (0.25)
+#        POLICIES ("exact hybrid hybrid:bounds quantkv"; NAME[:SUMMARY],
+#        the summary hybrid's --hybrid-summary)
 #        MODEL (models/SmolLM2-135M-Instruct.Q4_1.gguf)
 set -euo pipefail
 
@@ -45,15 +46,17 @@ PY
 knobs=(--kv-block 32 --kv-dtype f16 --window-tokens 64 --hybrid-budget "$budget"
   --kv-budget "$budget")
 for ranks in ${RANKS:-1 3}; do
-  for policy in ${POLICIES:-exact hybrid quantkv}; do
-    stats="$out/policy_${ranks}_${policy}.json"
+  for spec in ${POLICIES:-exact hybrid hybrid:bounds quantkv}; do
+    policy=(--policy "${spec%%:*}")
+    [[ "$spec" == *:* ]] && policy+=(--hybrid-summary "${spec#*:}")
+    stats="$out/policy_${ranks}_${spec/:/-}.json"
     cmd=("$hw" generate -m "$model" -f "$doc" --chat -n "$steps" --ignore-eos "${knobs[@]}"
-      --policy "$policy" --stats-json "$stats")
+      "${policy[@]}" --stats-json "$stats")
     if [ "$ranks" -gt 1 ]; then
       cmd=(mpirun -np "$ranks" --oversubscribe "${cmd[@]}" --host-mem "${HOST_MEM:-96MiB}"
         --mode delegate)
     fi
-    echo "== $ranks rank(s), $policy: ${cmd[*]}" >&2
+    echo "== $ranks rank(s), $spec: ${cmd[*]}" >&2
     "${cmd[@]}" > /dev/null
   done
 done

@@ -135,14 +135,15 @@ void FillPolicy(const std::optional<kv::AttentionPolicy>& policy, v1::Policy* ou
   params["budget"] = absl::StrCat(policy->budget);
   params["window"] = absl::StrCat(policy->window_tokens);
   params["sinks"] = absl::StrCat(policy->sink_tokens);
-  if (policy->kind == Kind::kHybrid && policy->token_top_k > 0) {
-    params["token_top_k"] = absl::StrCat(policy->token_top_k);
+  if (policy->kind == Kind::kHybrid) {
+    params["summary"] = kv::BlockSummaryName(policy->summary);
+    if (policy->token_top_k > 0) params["token_top_k"] = absl::StrCat(policy->token_top_k);
   }
   if (policy->kind == Kind::kQuantKv) {
     params["tau"] = absl::StrCat(policy->tau);
     params["top_k"] = absl::StrCat(policy->top_k);
-    params["key_bits"] = absl::StrCat(policy->key_bits);
   }
+  if (policy->NeedsKeys()) params["key_bits"] = absl::StrCat(policy->key_bits);
 }
 
 nlohmann::json StatsJson(const v1::GenerateResponse::Final& final) {

@@ -34,7 +34,8 @@ namespace {
 
 struct EvalFlags {
   RuntimeFlags runtime;
-  std::string policies = "exact,hybrid@0.25,hybrid@0.125,quantkv@0.25,quantkv@0.125";
+  std::string policies =
+      "exact,hybrid@0.25,hybrid@0.125,hybrid:bounds@0.25,quantkv@0.25,quantkv@0.125";
   std::string lengths = "1024,2048,4096,8192";
   std::string depths = "10";  // a count (evenly 0%..100%) or fractions "0.2,0.5"
   int32_t answer_tokens = 12;
@@ -280,7 +281,7 @@ class Evaluation {
     kv::AttentionPolicy p = options_.policy;
     p.kind = kv::AttentionPolicy::Kind::kQuantKv;
     for (const auto& t : policies_) {
-      if (t.policy.kind == kv::AttentionPolicy::Kind::kQuantKv) p.key_bits = t.policy.key_bits;
+      if (t.policy.NeedsKeys()) p.key_bits = t.policy.key_bits;
     }
     return p;
   }
@@ -390,8 +391,9 @@ void RegisterEvalCommand(CLI::App& app, CommandRunner& run) {
       "against exact (JSON for scripts/fidelity-report)");
   AddRuntimeOptions(*cmd, flags->runtime);
   cmd->add_option("--policies", flags->policies,
-                  "Policies to compare, exact first: NAME or NAME@BUDGET (hybrid: fraction "
-                  "attended; quantkv: fraction of the KV kept); other knobs from the policy flags")
+                  "Policies to compare, exact first: NAME[:SUMMARY][@BUDGET] (hybrid: fraction "
+                  "attended, summary keys or bounds; quantkv: fraction of the KV kept); other "
+                  "knobs from the policy flags")
       ->capture_default_str();
   cmd->add_option("--lengths", flags->lengths, "Passkey context lengths in tokens")
       ->capture_default_str();

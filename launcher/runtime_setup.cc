@@ -20,8 +20,13 @@ void AddPolicyOptions(CLI::App& cmd, PolicyFlags& flags) {
   cmd.add_option("--hybrid-budget", flags.hybrid_budget,
                  "hybrid: fraction of the sequence's tokens each decode step attends, (0, 1]")
       ->capture_default_str();
+  cmd.add_option("--hybrid-summary", flags.hybrid_summary,
+                 "hybrid: what ranks the blocks: keys (approximate attention from the "
+                 "--quantkv-bits quantized keys kept on rank 0) or bounds (per-channel key "
+                 "min/max, Quest's: smaller and faster, less faithful)")
+      ->capture_default_str();
   cmd.add_option("--hybrid-token-top-k", flags.hybrid_token_top_k,
-                 "hybrid: inside each block chosen by its key bounds only its k best tokens, "
+                 "hybrid: inside each block chosen by its summary only its k best tokens, "
                  "scored where the block lives (0: whole blocks)")
       ->capture_default_str();
   cmd.add_option("--kv-budget", flags.kv_budget,
@@ -34,7 +39,8 @@ void AddPolicyOptions(CLI::App& cmd, PolicyFlags& flags) {
   cmd.add_option("--quantkv-top-k", flags.quantkv_top_k,
                  "quantkv: at most this many selected tokens per kv head and step (0: no cap)")
       ->capture_default_str();
-  cmd.add_option("--quantkv-bits", flags.quantkv_bits, "quantkv: key bits, 4 or 2")
+  cmd.add_option("--quantkv-bits", flags.quantkv_bits,
+                 "quantkv and hybrid's keys summary: key bits, 4 or 2")
       ->capture_default_str();
   cmd.add_option("--window-tokens,--hybrid-window", flags.window_tokens,
                  "hybrid, quantkv: the most recent tokens always attended")
@@ -110,6 +116,13 @@ absl::StatusOr<kv::AttentionPolicy> PolicyFromFlags(const PolicyFlags& flags) {
   policy.window_tokens = flags.window_tokens;
   policy.budget =
       *kind == kv::AttentionPolicy::Kind::kQuantKv ? flags.kv_budget : flags.hybrid_budget;
+  std::optional<kv::AttentionPolicy::BlockSummary> summary =
+      kv::ParseBlockSummary(flags.hybrid_summary);
+  if (!summary) {
+    return absl::InvalidArgumentError("--hybrid-summary must be keys or bounds, got '" +
+                                      flags.hybrid_summary + "'");
+  }
+  policy.summary = *summary;
   policy.token_top_k = flags.hybrid_token_top_k;
   policy.tau = flags.quantkv_tau;
   policy.top_k = flags.quantkv_top_k;

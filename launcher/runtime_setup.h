@@ -25,6 +25,7 @@ inline constexpr int64_t kDefaultDiskBytes = int64_t{8} << 30;
 struct PolicyFlags {
   std::string policy = "exact";
   double hybrid_budget = 0.25;
+  std::string hybrid_summary = "keys";
   int32_t hybrid_token_top_k = 0;
   double kv_budget = 0.25;
   double quantkv_tau = 0.9;

@@ -73,22 +73,27 @@ TEST(KeyQuantTest, ScoresEqualDotProductsWithDequantizedRows) {
 TEST(KeyQuantTest, ManyQueriesScoreLikeOneAtATime) {
   std::mt19937 rng(std::random_device{}());
   std::uniform_real_distribution<float> value(-2.0f, 2.0f);
-  for (int32_t bits : {4, 2}) {
-    const KeyQuantFormat f{bits, 32, 64};
+  // The 4-bit formats with groups of 16k values take the AVX2 path where the
+  // CPU has it; the others (and 2 bits) the portable one.
+  for (const KeyQuantFormat f :
+       {KeyQuantFormat{4, 32, 64}, KeyQuantFormat{2, 32, 64}, KeyQuantFormat{4, 16, 128},
+        KeyQuantFormat{4, 64, 128}, KeyQuantFormat{4, 8, 24}}) {
+    const int32_t bits = f.bits, dim = f.dim;
     const int64_t rows = 23;
     const int32_t n_q = 3;
-    std::vector<float> x(rows * 64), q(n_q * 64), one(rows), many(n_q * rows, NAN);
+    std::vector<float> x(rows * dim), q(n_q * dim), one(rows), many(n_q * rows, NAN);
     for (float& v : x) v = value(rng);
     for (float& v : q) v = value(rng);
     std::vector<uint8_t> codes(rows * f.CodeBytes());
     std::vector<float> sz(rows * f.Groups() * 2);
-    QuantizeKeys(f, x.data(), 64, rows, codes.data(), sz.data());
+    QuantizeKeys(f, x.data(), dim, rows, codes.data(), sz.data());
     QuantizedKeyScoresMulti(f, q.data(), n_q, codes.data(), sz.data(), rows, many.data(), rows);
     for (int32_t j = 0; j < n_q; ++j) {
-      QuantizedKeyScores(f, q.data() + j * 64, codes.data(), sz.data(), rows, one.data());
+      QuantizedKeyScores(f, q.data() + j * dim, codes.data(), sz.data(), rows, one.data());
       for (int64_t r = 0; r < rows; ++r) {
         EXPECT_NEAR(many[j * rows + r], one[r], 1e-4 * (1 + std::fabs(one[r])))
-            << bits << " bits, query " << j << ", row " << r;
+            << bits << " bits, groups of " << f.group << ", dim " << dim << ", query " << j
+            << ", row " << r;
       }
     }
   }

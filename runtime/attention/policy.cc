@@ -24,73 +24,18 @@ int64_t KeepBlocks(int32_t h, const std::vector<char>& keep, std::vector<HeadLis
   return kept;
 }
 
-}  // namespace
-
-// Per kv head: the dense blocks (the sinks' and the recent window's) and, of
-// the others, those whose key bounds score highest for any of the head's
-// queries, until the budget of the sequence's tokens (open blocks included)
-// is attended. Ties keep the earlier block.
-void SelectHybrid(const kv::KvStore& store, const DecodeRow& row, std::vector<HeadLists>& lists,
-                  std::vector<HeadLists>& disk, Selection* selection, StreamStats* stats) {
-  const kv::AttentionPolicy& p = store.policy();
-  const kv::KvGeometry& g = store.geometry();
-  const int64_t bt = g.block_tokens, hd = g.head_dim;
-  const int64_t length = store.n_tokens(row.layer);
-  const int64_t budget = static_cast<int64_t>(std::ceil(p.budget * double(length)));
-  const int64_t sink_blocks = (p.sink_tokens + bt - 1) / bt;
-  const int64_t window_start = length - p.window_tokens;
-  std::vector<char> keep;
-  std::vector<std::pair<float, int32_t>> candidates;
-  selection->tokens.clear();
-  selection->top_k.assign(p.token_top_k > 0 ? g.n_kv_heads : 0,
-                          std::vector<int32_t>(size_t(row.sealed), 0));
-  for (int32_t h = 0; h < g.n_kv_heads; ++h) {
-    keep.assign(size_t(row.sealed), 0);
-    candidates.clear();
-    int64_t attended = length - int64_t(row.sealed) * bt;  // the open blocks
-    for (int32_t b = 0; b < row.sealed; ++b) {
-      if (b < sink_blocks || (b + 1) * bt > window_start) {
-        keep[b] = 1;
-        attended += bt;
-        continue;
-      }
-      const float* bounds = store.KeyBounds(row.layer, h, b);
-      float score = -std::numeric_limits<float>::infinity();
-      for (int32_t j = 0; j < row.group; ++j) {
-        const float* q = row.q + (int64_t(h) * row.group + j) * hd;
-        score = std::max(score, kernels::KeyBoundScore(q, bounds, bounds + hd, int32_t(hd)));
-      }
-      candidates.push_back({score, b});
-    }
-    // A block also scores what the block before it scored: what follows a
-    // relevant span (a number cut by a block boundary) comes along.
-    for (size_t i = candidates.size(); i-- > 1;) {
-      if (candidates[i - 1].second + 1 == candidates[i].second) {
-        candidates[i].first = std::max(candidates[i].first, candidates[i - 1].first);
-      }
-    }
-    std::stable_sort(candidates.begin(), candidates.end(),
-                     [](const auto& x, const auto& y) { return x.first > y.first; });
-    int64_t narrowed = 0;  // tokens the token top-k leaves out
-    for (const auto& [score, b] : candidates) {
-      if (attended >= budget) break;
-      keep[b] = 1;
-      attended += bt;
-      if (p.token_top_k > 0 && p.token_top_k < bt) {
-        selection->top_k[h][b] = p.token_top_k;
-        narrowed += bt - p.token_top_k;
-      }
-    }
-    const int64_t kept = KeepBlocks(h, keep, lists, disk);
-    if (stats != nullptr) {
-      stats->blocks_attended += kept, stats->blocks_total += row.sealed;
-      stats->tokens_attended += length - int64_t(row.sealed - kept) * bt - narrowed;
-      stats->tokens_total += length;
-    }
+// Runs select(first_head, end_head) over the kv heads, on the device's host
+// threads where it has them (heads are independent: their own cache rows,
+// lists and selection).
+template <typename Select>
+void RunPerHead(const kv::KvStore& store, Select& select) {
+  const int32_t heads = store.geometry().n_kv_heads;
+  if (const kernels::ParallelFor* parallel = store.device().host_parallel(); parallel != nullptr) {
+    parallel->Run(heads, select);
+  } else {
+    select(0, heads);
   }
 }
-
-namespace {
 
 // SnapKV pools with a kernel of 7; a radius of 3 lost a 5-digit key's last
 // digits at 8K tokens (its peak sits on "is", before the digits), 8 keeps them.
@@ -136,6 +81,96 @@ void AddApproxAttention(const kv::KeyCache& cache, int32_t layer, int32_t head, 
 
 }  // namespace
 
+// Per kv head: the dense blocks (the sinks' and the recent window's) and, of
+// the others, those whose summary scores highest for the head's queries,
+// until the budget of the sequence's tokens (open blocks included) is
+// attended. Ties keep the earlier block. Heads run on the device's host
+// threads.
+void SelectHybrid(const kv::KvStore& store, const DecodeRow& row, std::vector<HeadLists>& lists,
+                  std::vector<HeadLists>& disk, Selection* selection, StreamStats* stats) {
+  const kv::AttentionPolicy& p = store.policy();
+  const kv::KvGeometry& g = store.geometry();
+  const int64_t bt = g.block_tokens, hd = g.head_dim;
+  const int64_t length = store.n_tokens(row.layer);
+  const int64_t sealed_tokens = int64_t(row.sealed) * bt;
+  const int64_t budget = static_cast<int64_t>(std::ceil(p.budget * double(length)));
+  const int64_t sink_blocks = (p.sink_tokens + bt - 1) / bt;
+  const int64_t window_start = length - p.window_tokens;
+  const bool by_keys = p.summary == kv::AttentionPolicy::BlockSummary::kKeys;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  selection->tokens.clear();
+  selection->top_k.assign(p.token_top_k > 0 ? g.n_kv_heads : 0,
+                          std::vector<int32_t>(size_t(row.sealed), 0));
+  struct Counts {
+    int64_t blocks = 0, tokens = 0;
+  };
+  std::vector<Counts> counts(size_t(g.n_kv_heads));
+  auto select = [&](int64_t first_head, int64_t end_head) {
+    std::vector<char> keep;
+    std::vector<std::pair<float, int32_t>> candidates;
+    std::vector<float> scores, mass;
+    const std::vector<std::pair<int64_t, int64_t>> sealed = {{0, sealed_tokens}};
+    for (int32_t h = int32_t(first_head); h < end_head; ++h) {
+      const float* q = row.q + int64_t(h) * row.group * hd;
+      if (by_keys && row.sealed > 0) {
+        // The group's mean approximate attention over the sealed tokens.
+        scores.resize(size_t(row.group * sealed_tokens));
+        mass.assign(size_t(sealed_tokens), 0.0f);
+        AddApproxAttention(*store.key_cache(), row.layer, h, q, row.group, scale,
+                           1.0f / float(row.group), sealed, scores, sealed_tokens, mass.data());
+      }
+      keep.assign(size_t(row.sealed), 0);
+      candidates.clear();
+      int64_t attended = length - sealed_tokens;  // the open blocks
+      for (int32_t b = 0; b < row.sealed; ++b) {
+        if (b < sink_blocks || (b + 1) * bt > window_start) {
+          keep[b] = 1;
+          attended += bt;
+          continue;
+        }
+        float score = by_keys ? 0.0f : -std::numeric_limits<float>::infinity();
+        if (by_keys) {
+          for (int64_t t = b * bt; t < (b + 1) * bt; ++t) score += mass[t];
+        } else {
+          const float* bounds = store.KeyBounds(row.layer, h, b);
+          for (int32_t j = 0; j < row.group; ++j) {
+            score = std::max(score,
+                             kernels::KeyBoundScore(q + j * hd, bounds, bounds + hd, int32_t(hd)));
+          }
+        }
+        candidates.push_back({score, b});
+      }
+      // A block also scores what the block before it scored: what follows a
+      // relevant span (a number cut by a block boundary) comes along.
+      for (size_t i = candidates.size(); i-- > 1;) {
+        if (candidates[i - 1].second + 1 == candidates[i].second) {
+          candidates[i].first = std::max(candidates[i].first, candidates[i - 1].first);
+        }
+      }
+      std::stable_sort(candidates.begin(), candidates.end(),
+                       [](const auto& x, const auto& y) { return x.first > y.first; });
+      int64_t narrowed = 0;  // tokens the token top-k leaves out
+      for (const auto& [score, b] : candidates) {
+        if (attended >= budget) break;
+        keep[b] = 1;
+        attended += bt;
+        if (p.token_top_k > 0 && p.token_top_k < bt) {
+          selection->top_k[h][b] = p.token_top_k;
+          narrowed += bt - p.token_top_k;
+        }
+      }
+      const int64_t kept = KeepBlocks(h, keep, lists, disk);
+      counts[h] = {kept, length - int64_t(row.sealed - kept) * bt - narrowed};
+    }
+  };
+  RunPerHead(store, select);
+  if (stats == nullptr) return;
+  for (const Counts& c : counts) {
+    stats->blocks_attended += c.blocks, stats->blocks_total += row.sealed;
+    stats->tokens_attended += c.tokens, stats->tokens_total += length;
+  }
+}
+
 void ObservePrefill(kv::KvStore& store, int32_t layer, const float* q, int64_t n_rows,
                     int32_t n_heads) {
   const kv::KvGeometry& g = store.geometry();
@@ -178,8 +213,7 @@ void SelectQuantKv(kv::KvStore& store, const DecodeRow& row, std::vector<HeadLis
   };
 
   selection->tokens.assign(g.n_kv_heads, std::vector<std::vector<uint16_t>>(row.sealed));
-  // Heads are independent (their own cache rows, lists and selection), so
-  // they run on the device's host threads, each range with its own scratch.
+  // Each range of heads has its own scratch (RunPerHead).
   struct Counts {
     int64_t blocks = 0, tokens = 0;
   };
@@ -266,11 +300,7 @@ void SelectQuantKv(kv::KvStore& store, const DecodeRow& row, std::vector<HeadLis
       counts[h] = {KeepBlocks(h, keep, lists, disk), attended};
     }
   };
-  if (const kernels::ParallelFor* parallel = store.device().host_parallel(); parallel != nullptr) {
-    parallel->Run(g.n_kv_heads, select);
-  } else {
-    select(0, g.n_kv_heads);
-  }
+  RunPerHead(store, select);
   if (stats == nullptr) return;
   for (const Counts& c : counts) {
     stats->blocks_attended += c.blocks, stats->blocks_total += row.sealed;

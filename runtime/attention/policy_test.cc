@@ -28,16 +28,21 @@ kv::AttentionPolicy QuantKv(double budget, double tau, int32_t window = 64) {
 }
 
 TEST_F(DistributedTest, HybridWithAFullBudgetIsExactOnEveryWorld) {
-  for (int size : {1, 3}) {
-    World world(size, int64_t{64} << 20);
-    kv::KvStoreOptions options = Options(cpu_);
-    if (size > 1) options.transport = &world.loopback.transport(0);
-    options.mode = cluster::ExecMode::kDelegate;
-    options.policy = {kv::AttentionPolicy::Kind::kHybrid, 4, 64, 1.0};
-    absl::StatusOr<RunResult> run = Generate(options);
-    ASSERT_TRUE(run.ok()) << run.status();
-    EXPECT_EQ(run->tokens, reference_->tokens) << size << " ranks";
-    EXPECT_EQ(run->stats.blocks_attended, run->stats.blocks_total);
+  using Summary = kv::AttentionPolicy::BlockSummary;
+  for (Summary summary : {Summary::kKeys, Summary::kBounds}) {
+    for (int size : {1, 3}) {
+      World world(size, int64_t{64} << 20);
+      kv::KvStoreOptions options = Options(cpu_);
+      if (size > 1) options.transport = &world.loopback.transport(0);
+      options.mode = cluster::ExecMode::kDelegate;
+      options.policy = {kv::AttentionPolicy::Kind::kHybrid, 4, 64, 1.0};
+      options.policy.summary = summary;
+      absl::StatusOr<RunResult> run = Generate(options);
+      ASSERT_TRUE(run.ok()) << run.status();
+      EXPECT_EQ(run->tokens, reference_->tokens)
+          << size << " ranks, " << kv::BlockSummaryName(summary);
+      EXPECT_EQ(run->stats.blocks_attended, run->stats.blocks_total);
+    }
   }
 }
 
@@ -54,24 +59,57 @@ TEST_F(DistributedTest, HybridAttendsSinksWindowAndTheBestBlocksWithinItsBudget)
   }
   const int64_t heads = int64_t(llm_->info().n_layers) * llm_->info().n_kv_heads;
   const int32_t token = reference_->tokens[0];
-  // A tiny budget: only the sink block (0) and the window's blocks (19, 20:
-  // they hold positions past 701 - 64) are attended.
-  ASSERT_TRUE((*store)->set_policy({kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0.01}).ok());
-  StreamStats tiny;
-  ASSERT_TRUE(
-      llm_->Forward(std::span<const int32_t>(&token, 1), **store, &logits, nullptr, &tiny).ok());
-  EXPECT_EQ(tiny.blocks_total, heads * 21);
-  EXPECT_EQ(tiny.blocks_attended, heads * 3);
-  ASSERT_TRUE((*store)->Truncate(kPrompt).ok());
-  // A quarter: ceil(0.25 * 701) = 176 tokens; the 29 open tokens and the 3
-  // dense blocks make 125, two blocks chosen by their key bounds 189.
-  ASSERT_TRUE((*store)->set_policy({kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0.25}).ok());
-  StreamStats quarter;
-  ASSERT_TRUE(
-      llm_->Forward(std::span<const int32_t>(&token, 1), **store, &logits, nullptr, &quarter).ok());
-  EXPECT_EQ(quarter.blocks_attended, heads * 5);
-  EXPECT_EQ((*store)->policy().Describe(), "hybrid(budget=0.25, window=64, sinks=4)");
+  using Summary = kv::AttentionPolicy::BlockSummary;
+  for (Summary summary : {Summary::kKeys, Summary::kBounds}) {
+    SCOPED_TRACE(kv::BlockSummaryName(summary));
+    // A tiny budget: only the sink block (0) and the window's blocks (19, 20:
+    // they hold positions past 701 - 64) are attended.
+    kv::AttentionPolicy policy{kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0.01};
+    policy.summary = summary;
+    ASSERT_TRUE((*store)->set_policy(policy).ok());
+    StreamStats tiny;
+    ASSERT_TRUE(
+        llm_->Forward(std::span<const int32_t>(&token, 1), **store, &logits, nullptr, &tiny).ok());
+    EXPECT_EQ(tiny.blocks_total, heads * 21);
+    EXPECT_EQ(tiny.blocks_attended, heads * 3);
+    ASSERT_TRUE((*store)->Truncate(kPrompt).ok());
+    // A quarter: ceil(0.25 * 701) = 176 tokens; the 29 open tokens and the 3
+    // dense blocks make 125, two blocks chosen by their summaries 189.
+    policy.budget = 0.25;
+    ASSERT_TRUE((*store)->set_policy(policy).ok());
+    StreamStats quarter;
+    ASSERT_TRUE(
+        llm_->Forward(std::span<const int32_t>(&token, 1), **store, &logits, nullptr, &quarter)
+            .ok());
+    EXPECT_EQ(quarter.blocks_attended, heads * 5);
+    ASSERT_TRUE((*store)->Truncate(kPrompt).ok());
+  }
+  EXPECT_EQ((*store)->policy().Describe(),
+            "hybrid(budget=0.25, summary=bounds, window=64, sinks=4)");
+  EXPECT_EQ((kv::AttentionPolicy{kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0.25}.Describe()),
+            "hybrid(budget=0.25, summary=keys, key_bits=4, window=64, sinks=4)");
   EXPECT_FALSE((kv::AttentionPolicy{kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0}.Validate().ok()));
+}
+
+TEST_F(DistributedTest, HybridNeedsTheSummaryItRanksBy) {
+  // A sequence filled under one summary cannot switch to the other: the
+  // other's summaries of the tokens already in it were never made.
+  using Summary = kv::AttentionPolicy::BlockSummary;
+  for (Summary filled : {Summary::kKeys, Summary::kBounds}) {
+    kv::KvStoreOptions options = Options(cpu_);
+    options.policy = {kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0.25};
+    options.policy.summary = filled;
+    auto store = kv::KvStore::Create(options);
+    ASSERT_TRUE(store.ok()) << store.status();
+    std::vector<float> logits;
+    ASSERT_TRUE(llm_->Forward(std::span(*prompt_).subspan(0, 64), **store, &logits).ok());
+    kv::AttentionPolicy other = options.policy;
+    other.summary = filled == Summary::kKeys ? Summary::kBounds : Summary::kKeys;
+    const absl::Status s = (*store)->set_policy(other);
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_TRUE((*store)->set_policy(options.policy).ok());
+    EXPECT_EQ((*store)->key_cache() != nullptr, filled == Summary::kKeys);
+  }
 }
 
 TEST_F(DistributedTest, HybridTokenTopKIsChosenWhereTheBlocksLive) {
@@ -110,7 +148,8 @@ TEST_F(DistributedTest, HybridTokenTopKIsChosenWhereTheBlocksLive) {
     EXPECT_EQ(run->tokens, one->tokens) << cluster::ExecModeName(mode);
     EXPECT_LT(RelL2(run->prompt_logits, one->prompt_logits), 1e-5) << cluster::ExecModeName(mode);
   }
-  EXPECT_EQ(narrow.Describe(), "hybrid(budget=0.5, token_top_k=8, window=64, sinks=4)");
+  EXPECT_EQ(narrow.Describe(),
+            "hybrid(budget=0.5, summary=keys, key_bits=4, token_top_k=8, window=64, sinks=4)");
 }
 
 TEST_F(DistributedTest, QuantKvCoveringEverythingIsExactOnEveryWorld) {

@@ -32,7 +32,9 @@ std::vector<float> LogSoftmax(const std::vector<float>& logits) {
 absl::StatusOr<PolicyUnderTest> ParsePolicySpec(std::string_view spec,
                                                 const kv::AttentionPolicy& base) {
   const size_t at = spec.find('@');
-  const std::string name(spec.substr(0, at));
+  const std::string_view head = spec.substr(0, at);
+  const size_t colon = head.find(':');
+  const std::string name(head.substr(0, colon));
   std::optional<kv::AttentionPolicy::Kind> kind = kv::ParsePolicyKind(name);
   if (!kind) {
     return absl::InvalidArgumentError(absl::StrCat("policy '", std::string(spec),
@@ -40,6 +42,16 @@ absl::StatusOr<PolicyUnderTest> ParsePolicySpec(std::string_view spec,
   }
   PolicyUnderTest out{std::string(spec), base};
   out.policy.kind = *kind;
+  if (colon != std::string_view::npos) {
+    std::optional<kv::AttentionPolicy::BlockSummary> summary =
+        kv::ParseBlockSummary(head.substr(colon + 1));
+    if (!summary || *kind != kv::AttentionPolicy::Kind::kHybrid) {
+      return absl::InvalidArgumentError(absl::StrCat("policy '", std::string(spec),
+                                                     "': only hybrid takes a summary (hybrid:keys, "
+                                                     "hybrid:bounds)"));
+    }
+    out.policy.summary = *summary;
+  }
   if (at != std::string_view::npos) {
     const std::string budget(spec.substr(at + 1));
     char* end = nullptr;

@@ -26,8 +26,9 @@ struct PolicyUnderTest {
   kv::AttentionPolicy policy;
 };
 
-// "exact", "hybrid@0.25", "quantkv@0.125": the kind and its budget (hybrid:
-// attended fraction; quantkv: KV kept); other knobs come from `base`.
+// "exact", "hybrid@0.25", "hybrid:bounds@0.25", "quantkv@0.125": the kind,
+// hybrid's block summary, and the budget (hybrid: attended fraction;
+// quantkv: KV kept); other knobs come from `base`.
 // InvalidArgument naming a bad spec.
 absl::StatusOr<PolicyUnderTest> ParsePolicySpec(std::string_view spec,
                                                 const kv::AttentionPolicy& base);

@@ -21,7 +21,15 @@ TEST(FidelityTest, PolicySpecsNameAKindAndItsBudget) {
   absl::StatusOr<PolicyUnderTest> exact = ParsePolicySpec("exact", base);
   ASSERT_TRUE(exact.ok());
   EXPECT_EQ(exact->policy.kind, kv::AttentionPolicy::Kind::kExact);
-  for (const char* bad : {"quest@0.25", "hybrid@", "hybrid@x", "hybrid@2", "exact@0.5"}) {
+  absl::StatusOr<PolicyUnderTest> bounds = ParsePolicySpec("hybrid:bounds@0.125", base);
+  ASSERT_TRUE(bounds.ok()) << bounds.status();
+  EXPECT_EQ(bounds->policy.kind, kv::AttentionPolicy::Kind::kHybrid);
+  EXPECT_EQ(bounds->policy.summary, kv::AttentionPolicy::BlockSummary::kBounds);
+  EXPECT_DOUBLE_EQ(bounds->policy.budget, 0.125);
+  EXPECT_EQ(ParsePolicySpec("hybrid@0.25", base)->policy.summary,
+            kv::AttentionPolicy::BlockSummary::kKeys);
+  for (const char* bad : {"quest@0.25", "hybrid@", "hybrid@x", "hybrid@2", "exact@0.5",
+                          "hybrid:means@0.25", "quantkv:keys@0.25", "exact:bounds"}) {
     EXPECT_EQ(ParsePolicySpec(bad, base).status().code(), absl::StatusCode::kInvalidArgument)
         << bad;
   }

@@ -50,12 +50,13 @@ std::string AttentionPolicy::Describe() const {
   switch (kind) {
     case Kind::kExact:
       return "exact";
-    case Kind::kHybrid:
-      return token_top_k > 0
-                 ? absl::StrFormat("hybrid(budget=%g, token_top_k=%d, window=%d, sinks=%d)", budget,
-                                   token_top_k, window_tokens, sink_tokens)
-                 : absl::StrFormat("hybrid(budget=%g, window=%d, sinks=%d)", budget, window_tokens,
-                                   sink_tokens);
+    case Kind::kHybrid: {
+      std::string knobs =
+          absl::StrFormat("budget=%g, summary=%s", budget, BlockSummaryName(summary));
+      if (summary == BlockSummary::kKeys) absl::StrAppend(&knobs, ", key_bits=", key_bits);
+      if (token_top_k > 0) absl::StrAppend(&knobs, ", token_top_k=", token_top_k);
+      return absl::StrFormat("hybrid(%s, window=%d, sinks=%d)", knobs, window_tokens, sink_tokens);
+    }
     case Kind::kQuantKv:
       return absl::StrFormat(
           "quantkv(kv_budget=%g, tau=%g, top_k=%d, key_bits=%d, window=%d, "
@@ -89,9 +90,27 @@ absl::Status AttentionPolicy::Validate() const {
   }
   if (key_bits != 4 && key_bits != 2) {
     return absl::InvalidArgumentError(
-        absl::StrCat("quantkv key bits must be 4 or 2, got ", key_bits));
+        absl::StrCat(name, " key bits must be 4 or 2, got ", key_bits));
   }
   return absl::OkStatus();
+}
+
+bool AttentionPolicy::NeedsKeys() const {
+  return kind == Kind::kQuantKv || (kind == Kind::kHybrid && summary == BlockSummary::kKeys);
+}
+
+bool AttentionPolicy::NeedsBounds() const {
+  return kind == Kind::kHybrid && summary == BlockSummary::kBounds;
+}
+
+std::optional<AttentionPolicy::BlockSummary> ParseBlockSummary(std::string_view name) {
+  if (name == "keys") return AttentionPolicy::BlockSummary::kKeys;
+  if (name == "bounds") return AttentionPolicy::BlockSummary::kBounds;
+  return std::nullopt;
+}
+
+const char* BlockSummaryName(AttentionPolicy::BlockSummary summary) {
+  return summary == AttentionPolicy::BlockSummary::kKeys ? "keys" : "bounds";
 }
 
 std::optional<AttentionPolicy::Kind> ParsePolicyKind(std::string_view name) {
@@ -213,10 +232,10 @@ absl::Status KvStore::set_policy(const AttentionPolicy& policy) {
         "quantkv gathers the selected tokens with the CPU: it needs the cpu or sim device (cuda: "
         "not yet)");
   }
-  const bool bounds = options_.keep_key_summaries || policy.kind == Kind::kHybrid;
-  const bool keys = options_.keep_key_summaries || policy.kind == Kind::kQuantKv;
+  const bool bounds = options_.keep_key_summaries || policy.NeedsBounds();
+  const bool keys = options_.keep_key_summaries || policy.NeedsKeys();
   const bool keys_fit = keys_ != nullptr && keys_->format().bits == policy.key_bits;
-  if (length() > 0 && ((bounds && !keep_bounds_) || (policy.kind == Kind::kQuantKv && !keys_fit))) {
+  if (length() > 0 && ((bounds && !keep_bounds_) || (policy.NeedsKeys() && !keys_fit))) {
     return absl::FailedPreconditionError(
         absl::StrCat("this sequence did not keep the key summaries ", policy.Name(),
                      " needs (create the store with that policy or keep_key_summaries)"));

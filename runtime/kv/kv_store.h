@@ -59,9 +59,12 @@ struct TierStats {
 //  - exact: all of it.
 //  - hybrid (HGCA): per kv head, the blocks holding the first `sink_tokens`
 //    and the last `window_tokens` tokens densely, and of the rest the blocks
-//    whose key bounds (per-channel min/max, kernels/key_summary.h) score
-//    highest for the step's queries, until `budget` of the sequence's tokens
-//    are attended.
+//    whose summary scores highest for the step's queries, until `budget` of
+//    the sequence's tokens are attended. Summaries (`summary`): kKeys, the
+//    block's approximate attention from `key_bits` quantized keys on the
+//    coordinator (KeyCache, as quantkv's); kBounds, per-channel key min/max
+//    (kernels/key_summary.h, Quest's), an upper bound of the block's best
+//    score.
 //  - quantkv (HCAttention): keys quantized to `key_bits` on the coordinator
 //    (KeyCache) score every token; per kv head the sinks and the window plus
 //    the tokens whose approximate attention covers `tau` of the mass outside
@@ -71,6 +74,7 @@ struct TierStats {
 //    accumulated attention are evicted (never sinks or window).
 struct AttentionPolicy {
   enum class Kind { kExact, kHybrid, kQuantKv };
+  enum class BlockSummary { kKeys, kBounds };  // hybrid's block scores
   Kind kind = Kind::kExact;
   int32_t sink_tokens = 4;
   int32_t window_tokens = 512;
@@ -79,21 +83,29 @@ struct AttentionPolicy {
   double budget = 0.25;
   double tau = 0.9;      // quantkv: the others' approximate attention mass selected, (0, 1]
   int32_t top_k = 0;     // quantkv: most tokens selected per kv head (0: no cap)
-  int32_t key_bits = 4;  // quantkv: 4 or 2
-  // hybrid: inside each block chosen by its bounds (not the sinks' or the
+  int32_t key_bits = 4;  // quantkv, hybrid's kKeys: 4 or 2
+  // hybrid: inside each block chosen by its summary (not the sinks' or the
   // window's), only its this many best tokens by exact score, chosen where
   // the block lives (0: whole blocks).
   int32_t token_top_k = 0;
+  BlockSummary summary = BlockSummary::kKeys;  // hybrid
 
-  // "exact", "hybrid(budget=0.25, window=512, sinks=4)" or
-  // "quantkv(kv_budget=0.25, tau=0.9, top_k=0, key_bits=4, window=512, sinks=4)".
+  // "exact", "hybrid(budget=0.25, summary=keys, key_bits=4, window=512,
+  // sinks=4)" or "quantkv(kv_budget=0.25, tau=0.9, top_k=0, key_bits=4,
+  // window=512, sinks=4)".
   std::string Describe() const;
   // InvalidArgument naming a bad knob.
   absl::Status Validate() const;
   const char* Name() const;
+  // Whether decode steps read the quantized keys (KeyCache) / key bounds.
+  bool NeedsKeys() const;
+  bool NeedsBounds() const;
 };
 // "exact", "hybrid" or "quantkv" (others: nullopt).
 std::optional<AttentionPolicy::Kind> ParsePolicyKind(std::string_view name);
+// "keys" or "bounds" (others: nullopt), and back.
+std::optional<AttentionPolicy::BlockSummary> ParseBlockSummary(std::string_view name);
+const char* BlockSummaryName(AttentionPolicy::BlockSummary summary);
 
 struct KvStoreOptions {
   KvGeometry geometry;

@@ -86,6 +86,15 @@ absl::StatusOr<std::optional<kv::AttentionPolicy>> PolicyFrom(const v1::Policy& 
     // Named, not bound: clang 14 cannot capture structured bindings.
     const std::string& key = param.first;
     const std::string& value = param.second;
+    if (key == "summary") {
+      std::optional<kv::AttentionPolicy::BlockSummary> summary = kv::ParseBlockSummary(value);
+      if (!summary) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("policy param summary='", value, "' must be keys or bounds"));
+      }
+      out.summary = *summary;
+      continue;
+    }
     char* end = nullptr;
     const double number = std::strtod(value.c_str(), &end);
     if (value.empty() || *end != '\0' || !std::isfinite(number)) {
@@ -119,7 +128,8 @@ absl::StatusOr<std::optional<kv::AttentionPolicy>> PolicyFrom(const v1::Policy& 
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown policy param '", key,
-                       "' (budget, kv_budget, token_top_k, tau, top_k, key_bits, window, sinks)"));
+                       "' (budget, kv_budget, summary, token_top_k, tau, top_k, key_bits, window, "
+                       "sinks)"));
     }
     if (!s.ok()) return s;
   }

@@ -60,13 +60,16 @@ def main():
 
     # Per-request policies: named in the stats; covering everything they are
     # exact; a quantkv session still finds the passkey; bad knobs refused.
-    r = run(hw, "generate", "--server", addr, "-p", "The capital of France is", "-n", "12",
-            "--policy", "hybrid", "--hybrid-budget", "1", "--stats-json", f"{tmp}/hybrid.json")
-    stats = json.load(open(f"{tmp}/hybrid.json")) if r.returncode == 0 else {}
-    check("a hybrid request covering everything answers like exact, and says so",
-          stats.get("generated_token_ids") == json.load(open(f"{tmp}/local.json"))[
-              "generated_token_ids"] and stats.get("policy", "").startswith("hybrid(budget=1"),
-          r.stderr + str(stats.get("policy")))
+    for kind in ("keys", "bounds"):
+        r = run(hw, "generate", "--server", addr, "-p", "The capital of France is", "-n", "12",
+                "--policy", "hybrid", "--hybrid-budget", "1", "--hybrid-summary", kind,
+                "--stats-json", f"{tmp}/hybrid.json")
+        stats = json.load(open(f"{tmp}/hybrid.json")) if r.returncode == 0 else {}
+        check(f"a hybrid request ({kind}) covering everything answers like exact, and says so",
+              stats.get("generated_token_ids") == json.load(open(f"{tmp}/local.json"))[
+                  "generated_token_ids"]
+              and stats.get("policy", "").startswith(f"hybrid(budget=1, summary={kind}"),
+              r.stderr + str(stats.get("policy")))
     r = run(hw, "ask", "--server", addr, "-f", doc, QUESTION, "-n", "16", "--policy", "quantkv",
             "--kv-budget", "0.5", "--window-tokens", "64")
     check("ask --policy quantkv finds the passkey", r.returncode == 0 and "71432" in r.stdout,
