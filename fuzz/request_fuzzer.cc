@@ -190,7 +190,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         CheckOptions(headwise::service::RequestOptionsFrom(sampling, policy));
         // Every knob, with the sampling block's stop strings as values.
         for (const char* key : {"budget", "tau", "top_k", "token_top_k", "key_bits", "window",
-                                "sinks", "summary", "x"}) {
+                                "sinks", "summary", "pool_heads", "x"}) {
           for (const std::string& value : sampling.stop()) {
             (*policy.mutable_params())[key] = value;
             CheckOptions(headwise::service::RequestOptionsFrom(sampling, policy));

@@ -137,6 +137,7 @@ void FillPolicy(const std::optional<kv::AttentionPolicy>& policy, v1::Policy* ou
   params["sinks"] = absl::StrCat(policy->sink_tokens);
   if (policy->kind == Kind::kHybrid) {
     params["summary"] = kv::BlockSummaryName(policy->summary);
+    if (policy->pool_heads) params["pool_heads"] = "1";
     if (policy->token_top_k > 0) params["token_top_k"] = absl::StrCat(policy->token_top_k);
   }
   if (policy->kind == Kind::kQuantKv) {

@@ -391,9 +391,10 @@ void RegisterEvalCommand(CLI::App& app, CommandRunner& run) {
       "against exact (JSON for scripts/fidelity-report)");
   AddRuntimeOptions(*cmd, flags->runtime);
   cmd->add_option("--policies", flags->policies,
-                  "Policies to compare, exact first: NAME[:SUMMARY][@BUDGET] (hybrid: fraction "
-                  "attended, summary keys or bounds; quantkv: fraction of the KV kept); other "
-                  "knobs from the policy flags")
+                  "Policies to compare, exact first: NAME[:OPTION...][@BUDGET] (hybrid: fraction "
+                  "attended, options keys or bounds (the summary) and pooled (heads share the "
+                  "budget); quantkv: fraction of the KV kept); other knobs from the policy "
+                  "flags")
       ->capture_default_str();
   cmd->add_option("--lengths", flags->lengths, "Passkey context lengths in tokens")
       ->capture_default_str();

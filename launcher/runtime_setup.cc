@@ -25,6 +25,10 @@ void AddPolicyOptions(CLI::App& cmd, PolicyFlags& flags) {
                  "--quantkv-bits quantized keys kept on rank 0) or bounds (per-channel key "
                  "min/max, Quest's: smaller and faster, less faithful)")
       ->capture_default_str();
+  cmd.add_flag("--hybrid-pool-heads", flags.hybrid_pool_heads,
+               "hybrid (keys): a layer's kv heads share their budgets — the best blocks of "
+               "any head until the heads' budgets together are spent (HGCA's per-head "
+               "sparsity)");
   cmd.add_option("--hybrid-token-top-k", flags.hybrid_token_top_k,
                  "hybrid: inside each block chosen by its summary only its k best tokens, "
                  "scored where the block lives (0: whole blocks)")
@@ -123,6 +127,7 @@ absl::StatusOr<kv::AttentionPolicy> PolicyFromFlags(const PolicyFlags& flags) {
                                       flags.hybrid_summary + "'");
   }
   policy.summary = *summary;
+  policy.pool_heads = flags.hybrid_pool_heads;
   policy.token_top_k = flags.hybrid_token_top_k;
   policy.tau = flags.quantkv_tau;
   policy.top_k = flags.quantkv_top_k;

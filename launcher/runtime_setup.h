@@ -26,6 +26,7 @@ struct PolicyFlags {
   std::string policy = "exact";
   double hybrid_budget = 0.25;
   std::string hybrid_summary = "keys";
+  bool hybrid_pool_heads = false;
   int32_t hybrid_token_top_k = 0;
   double kv_budget = 0.25;
   double quantkv_tau = 0.9;

@@ -84,12 +84,15 @@ void AddApproxAttention(const kv::KeyCache& cache, int32_t layer, int32_t head, 
 // Per kv head: the dense blocks (the sinks' and the recent window's) and, of
 // the others, those whose summary scores highest for the head's queries,
 // until the budget of the sequence's tokens (open blocks included) is
-// attended. Ties keep the earlier block. Heads run on the device's host
-// threads.
+// attended — per head, or with pool_heads per layer: the best (head, block)
+// pairs of all heads until the heads' budgets together are spent. Ties keep
+// the earlier head, then the earlier block. Heads are scored on the
+// device's host threads.
 void SelectHybrid(const kv::KvStore& store, const DecodeRow& row, std::vector<HeadLists>& lists,
                   std::vector<HeadLists>& disk, Selection* selection, StreamStats* stats) {
   const kv::AttentionPolicy& p = store.policy();
   const kv::KvGeometry& g = store.geometry();
+  const int32_t heads = g.n_kv_heads;
   const int64_t bt = g.block_tokens, hd = g.head_dim;
   const int64_t length = store.n_tokens(row.layer);
   const int64_t sealed_tokens = int64_t(row.sealed) * bt;
@@ -99,15 +102,18 @@ void SelectHybrid(const kv::KvStore& store, const DecodeRow& row, std::vector<He
   const bool by_keys = p.summary == kv::AttentionPolicy::BlockSummary::kKeys;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   selection->tokens.clear();
-  selection->top_k.assign(p.token_top_k > 0 ? g.n_kv_heads : 0,
+  selection->top_k.assign(p.token_top_k > 0 ? heads : 0,
                           std::vector<int32_t>(size_t(row.sealed), 0));
-  struct Counts {
-    int64_t blocks = 0, tokens = 0;
+
+  // Scoring, per head: the dense blocks kept, the others as candidates.
+  struct Candidate {
+    float score;
+    int32_t head, block;
   };
-  std::vector<Counts> counts(size_t(g.n_kv_heads));
-  auto select = [&](int64_t first_head, int64_t end_head) {
-    std::vector<char> keep;
-    std::vector<std::pair<float, int32_t>> candidates;
+  std::vector<std::vector<char>> keep(static_cast<size_t>(heads));
+  std::vector<std::vector<Candidate>> candidates(static_cast<size_t>(heads));
+  std::vector<int64_t> attended(size_t(heads), length - sealed_tokens);  // the open blocks
+  auto score = [&](int64_t first_head, int64_t end_head) {
     std::vector<float> scores, mass;
     const std::vector<std::pair<int64_t, int64_t>> sealed = {{0, sealed_tokens}};
     for (int32_t h = int32_t(first_head); h < end_head; ++h) {
@@ -119,55 +125,69 @@ void SelectHybrid(const kv::KvStore& store, const DecodeRow& row, std::vector<He
         AddApproxAttention(*store.key_cache(), row.layer, h, q, row.group, scale,
                            1.0f / float(row.group), sealed, scores, sealed_tokens, mass.data());
       }
-      keep.assign(size_t(row.sealed), 0);
-      candidates.clear();
-      int64_t attended = length - sealed_tokens;  // the open blocks
+      keep[h].assign(size_t(row.sealed), 0);
+      std::vector<Candidate>& mine = candidates[h];
+      mine.clear();
       for (int32_t b = 0; b < row.sealed; ++b) {
         if (b < sink_blocks || (b + 1) * bt > window_start) {
-          keep[b] = 1;
-          attended += bt;
+          keep[h][b] = 1;
+          attended[h] += bt;
           continue;
         }
-        float score = by_keys ? 0.0f : -std::numeric_limits<float>::infinity();
+        float s = by_keys ? 0.0f : -std::numeric_limits<float>::infinity();
         if (by_keys) {
-          for (int64_t t = b * bt; t < (b + 1) * bt; ++t) score += mass[t];
+          for (int64_t t = b * bt; t < (b + 1) * bt; ++t) s += mass[t];
         } else {
           const float* bounds = store.KeyBounds(row.layer, h, b);
           for (int32_t j = 0; j < row.group; ++j) {
-            score = std::max(score,
-                             kernels::KeyBoundScore(q + j * hd, bounds, bounds + hd, int32_t(hd)));
+            s = std::max(s, kernels::KeyBoundScore(q + j * hd, bounds, bounds + hd, int32_t(hd)));
           }
         }
-        candidates.push_back({score, b});
+        mine.push_back({s, h, b});
       }
       // A block also scores what the block before it scored: what follows a
       // relevant span (a number cut by a block boundary) comes along.
-      for (size_t i = candidates.size(); i-- > 1;) {
-        if (candidates[i - 1].second + 1 == candidates[i].second) {
-          candidates[i].first = std::max(candidates[i].first, candidates[i - 1].first);
+      for (size_t i = mine.size(); i-- > 1;) {
+        if (mine[i - 1].block + 1 == mine[i].block) {
+          mine[i].score = std::max(mine[i].score, mine[i - 1].score);
         }
       }
-      std::stable_sort(candidates.begin(), candidates.end(),
-                       [](const auto& x, const auto& y) { return x.first > y.first; });
-      int64_t narrowed = 0;  // tokens the token top-k leaves out
-      for (const auto& [score, b] : candidates) {
-        if (attended >= budget) break;
-        keep[b] = 1;
-        attended += bt;
-        if (p.token_top_k > 0 && p.token_top_k < bt) {
-          selection->top_k[h][b] = p.token_top_k;
-          narrowed += bt - p.token_top_k;
-        }
-      }
-      const int64_t kept = KeepBlocks(h, keep, lists, disk);
-      counts[h] = {kept, length - int64_t(row.sealed - kept) * bt - narrowed};
     }
   };
-  RunPerHead(store, select);
-  if (stats == nullptr) return;
-  for (const Counts& c : counts) {
-    stats->blocks_attended += c.blocks, stats->blocks_total += row.sealed;
-    stats->tokens_attended += c.tokens, stats->tokens_total += length;
+  RunPerHead(store, score);
+
+  // Choosing: the best candidates until the budget is spent.
+  std::vector<int64_t> narrowed(static_cast<size_t>(heads),
+                                0);  // tokens the token top-k leaves out
+  auto choose = [&](std::vector<Candidate>& pool, int64_t limit, int64_t spent) {
+    std::stable_sort(pool.begin(), pool.end(),
+                     [](const Candidate& x, const Candidate& y) { return x.score > y.score; });
+    for (const Candidate& c : pool) {
+      if (spent >= limit) break;
+      keep[c.head][c.block] = 1;
+      attended[c.head] += bt;
+      spent += bt;
+      if (p.token_top_k > 0 && p.token_top_k < bt) {
+        selection->top_k[c.head][c.block] = p.token_top_k;
+        narrowed[c.head] += bt - p.token_top_k;
+      }
+    }
+  };
+  if (p.pool_heads) {
+    std::vector<Candidate> pool;
+    for (const std::vector<Candidate>& mine : candidates)
+      pool.insert(pool.end(), mine.begin(), mine.end());
+    choose(pool, budget * heads, std::accumulate(attended.begin(), attended.end(), int64_t{0}));
+  } else {
+    for (int32_t h = 0; h < heads; ++h) choose(candidates[h], budget, attended[h]);
+  }
+
+  for (int32_t h = 0; h < heads; ++h) {
+    const int64_t kept = KeepBlocks(h, keep[h], lists, disk);
+    if (stats != nullptr) {
+      stats->blocks_attended += kept, stats->blocks_total += row.sealed;
+      stats->tokens_attended += attended[h] - narrowed[h], stats->tokens_total += length;
+    }
   }
 }
 

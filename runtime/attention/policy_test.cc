@@ -6,11 +6,15 @@
 // tokens live (this rank, memory ranks' pools, disks; pulled or delegated).
 #include <algorithm>
 #include <cmath>
+#include <numeric>
+#include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "runtime/attention/distributed_fixture.h"
+#include "runtime/attention/policy.h"
 #include "tests/util/numerics.h"
 
 namespace headwise::attention {
@@ -37,6 +41,7 @@ TEST_F(DistributedTest, HybridWithAFullBudgetIsExactOnEveryWorld) {
       options.mode = cluster::ExecMode::kDelegate;
       options.policy = {kv::AttentionPolicy::Kind::kHybrid, 4, 64, 1.0};
       options.policy.summary = summary;
+      options.policy.pool_heads = summary == Summary::kKeys && size == 3;
       absl::StatusOr<RunResult> run = Generate(options);
       ASSERT_TRUE(run.ok()) << run.status();
       EXPECT_EQ(run->tokens, reference_->tokens)
@@ -89,6 +94,66 @@ TEST_F(DistributedTest, HybridAttendsSinksWindowAndTheBestBlocksWithinItsBudget)
   EXPECT_EQ((kv::AttentionPolicy{kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0.25}.Describe()),
             "hybrid(budget=0.25, summary=keys, key_bits=4, window=64, sinks=4)");
   EXPECT_FALSE((kv::AttentionPolicy{kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0}.Validate().ok()));
+}
+
+TEST_F(DistributedTest, HybridPooledHeadsShareTheLayersBudget) {
+  // Layer 0 of 21 sealed blocks of synthetic keys. Head 0's queries point at
+  // one key (token 163, block 5): its attention is all there. Heads 1 and 2
+  // have zero queries: their attention is spread evenly over every block.
+  kv::KvStoreOptions options = Options(cpu_);
+  options.policy = {kv::AttentionPolicy::Kind::kHybrid, 4, 64, 0.25};
+  auto store = kv::KvStore::Create(options);
+  ASSERT_TRUE(store.ok()) << store.status();
+  const kv::KvGeometry& g = (*store)->geometry();
+  const int32_t heads = g.n_kv_heads, hd = g.head_dim, group = 3, sealed = 21;
+  ASSERT_EQ(heads, 3);
+  const int64_t n = int64_t(sealed) * kBlock, row = int64_t(heads) * hd;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal;
+  std::vector<float> k(size_t(n * row)), v(k.size());
+  for (float& x : k) x = normal(rng);
+  for (float& x : v) x = normal(rng);
+  std::vector<float> q(size_t(heads) * group * hd, 0.0f);
+  for (int32_t i = 0; i < hd; ++i) {
+    k[size_t(163 * row + i)] = i % 2 ? 4.0f : -4.0f;
+    for (int32_t j = 0; j < group; ++j) q[size_t(j * hd + i)] = i % 2 ? 4.0f : -4.0f;
+  }
+  for (int64_t begin = 0; begin < n; begin += kChunk) {
+    const int64_t rows = std::min<int64_t>(kChunk, n - begin);
+    ASSERT_TRUE(
+        (*store)->Append(0, &k[size_t(begin * row)], &v[size_t(begin * row)], rows, row).ok());
+  }
+  auto select = [&](bool pooled) {
+    kv::AttentionPolicy policy = options.policy;
+    policy.pool_heads = pooled;
+    EXPECT_TRUE((*store)->set_policy(policy).ok());
+    std::vector<int32_t> all(sealed);
+    std::iota(all.begin(), all.end(), 0);
+    std::vector<HeadLists> lists(1, HeadLists(size_t(heads), all)),
+        disk(1, HeadLists(size_t(heads)));
+    Selection selection;
+    StreamStats stats;
+    SelectHybrid(**store, {0, q.data(), group, sealed}, lists, disk, &selection, &stats);
+    return std::make_pair(lists[0], stats);
+  };
+  // Per head: ceil(0.25 * 672) = 168 tokens; the sink block and the window's
+  // two blocks make 96, three more blocks 192.
+  const auto [uniform, uniform_stats] = select(false);
+  for (int32_t h = 0; h < heads; ++h) EXPECT_EQ(uniform[h].size(), 6u) << "head " << h;
+  // Pooled: 3 x 168 = 504 for the layer; 9 dense blocks make 288, seven more
+  // 512. Head 0 takes block 5 and the block after it (which inherits its
+  // score); the spread heads the other five (ties: the earlier head first).
+  const auto [pooled, pooled_stats] = select(true);
+  EXPECT_EQ(pooled[0], (std::vector<int32_t>{0, 5, 6, 19, 20}));
+  EXPECT_EQ(pooled[1].size() + pooled[2].size(), 6u + 5u);
+  EXPECT_EQ(pooled_stats.tokens_attended, 16 * kBlock);
+  EXPECT_EQ(uniform_stats.tokens_attended, 18 * kBlock);
+  EXPECT_EQ((*store)->policy().Describe(),
+            "hybrid(budget=0.25, summary=keys, key_bits=4, pool_heads=1, window=64, sinks=4)");
+  kv::AttentionPolicy bounds = options.policy;
+  bounds.pool_heads = true;
+  bounds.summary = kv::AttentionPolicy::BlockSummary::kBounds;
+  EXPECT_EQ(bounds.Validate().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(DistributedTest, HybridNeedsTheSummaryItRanksBy) {

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "runtime/model/chat_template.h"
 
 namespace headwise::engine {
@@ -43,14 +44,19 @@ absl::StatusOr<PolicyUnderTest> ParsePolicySpec(std::string_view spec,
   PolicyUnderTest out{std::string(spec), base};
   out.policy.kind = *kind;
   if (colon != std::string_view::npos) {
-    std::optional<kv::AttentionPolicy::BlockSummary> summary =
-        kv::ParseBlockSummary(head.substr(colon + 1));
-    if (!summary || *kind != kv::AttentionPolicy::Kind::kHybrid) {
-      return absl::InvalidArgumentError(absl::StrCat("policy '", std::string(spec),
-                                                     "': only hybrid takes a summary (hybrid:keys, "
-                                                     "hybrid:bounds)"));
+    const std::string options(head.substr(colon + 1));
+    for (absl::string_view option : absl::StrSplit(options, ':')) {
+      const std::string name(option);
+      std::optional<kv::AttentionPolicy::BlockSummary> summary = kv::ParseBlockSummary(name);
+      if (*kind != kv::AttentionPolicy::Kind::kHybrid || (!summary && name != "pooled")) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("policy '", std::string(spec),
+                         "': only hybrid takes options: keys or bounds (the summary), pooled "
+                         "(heads share the budget)"));
+      }
+      if (summary) out.policy.summary = *summary;
+      if (name == "pooled") out.policy.pool_heads = true;
     }
-    out.policy.summary = *summary;
   }
   if (at != std::string_view::npos) {
     const std::string budget(spec.substr(at + 1));

@@ -26,9 +26,10 @@ struct PolicyUnderTest {
   kv::AttentionPolicy policy;
 };
 
-// "exact", "hybrid@0.25", "hybrid:bounds@0.25", "quantkv@0.125": the kind,
-// hybrid's block summary, and the budget (hybrid: attended fraction;
-// quantkv: KV kept); other knobs come from `base`.
+// "exact", "hybrid@0.25", "hybrid:bounds@0.25", "hybrid:pooled@0.125",
+// "quantkv@0.125": the kind, hybrid's options (keys or bounds: the block
+// summary; pooled: heads share the budget), and the budget (hybrid:
+// attended fraction; quantkv: KV kept); other knobs come from `base`.
 // InvalidArgument naming a bad spec.
 absl::StatusOr<PolicyUnderTest> ParsePolicySpec(std::string_view spec,
                                                 const kv::AttentionPolicy& base);

@@ -28,8 +28,13 @@ TEST(FidelityTest, PolicySpecsNameAKindAndItsBudget) {
   EXPECT_DOUBLE_EQ(bounds->policy.budget, 0.125);
   EXPECT_EQ(ParsePolicySpec("hybrid@0.25", base)->policy.summary,
             kv::AttentionPolicy::BlockSummary::kKeys);
-  for (const char* bad : {"quest@0.25", "hybrid@", "hybrid@x", "hybrid@2", "exact@0.5",
-                          "hybrid:means@0.25", "quantkv:keys@0.25", "exact:bounds"}) {
+  absl::StatusOr<PolicyUnderTest> pooled = ParsePolicySpec("hybrid:keys:pooled@0.125", base);
+  ASSERT_TRUE(pooled.ok()) << pooled.status();
+  EXPECT_TRUE(pooled->policy.pool_heads);
+  EXPECT_EQ(pooled->policy.summary, kv::AttentionPolicy::BlockSummary::kKeys);
+  for (const char* bad :
+       {"quest@0.25", "hybrid@", "hybrid@x", "hybrid@2", "exact@0.5", "hybrid:means@0.25",
+        "quantkv:keys@0.25", "exact:bounds", "hybrid:bounds:pooled@0.25", "quantkv:pooled"}) {
     EXPECT_EQ(ParsePolicySpec(bad, base).status().code(), absl::StatusCode::kInvalidArgument)
         << bad;
   }

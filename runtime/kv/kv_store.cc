@@ -54,6 +54,7 @@ std::string AttentionPolicy::Describe() const {
       std::string knobs =
           absl::StrFormat("budget=%g, summary=%s", budget, BlockSummaryName(summary));
       if (summary == BlockSummary::kKeys) absl::StrAppend(&knobs, ", key_bits=", key_bits);
+      if (pool_heads) absl::StrAppend(&knobs, ", pool_heads=1");
       if (token_top_k > 0) absl::StrAppend(&knobs, ", token_top_k=", token_top_k);
       return absl::StrFormat("hybrid(%s, window=%d, sinks=%d)", knobs, window_tokens, sink_tokens);
     }
@@ -84,6 +85,10 @@ absl::Status AttentionPolicy::Validate() const {
   if (token_top_k < 0 || token_top_k > 65535) {
     return absl::InvalidArgumentError(
         absl::StrCat("hybrid token top-k must be in [0, 65535], got ", token_top_k));
+  }
+  if (kind == Kind::kHybrid && pool_heads && summary != BlockSummary::kKeys) {
+    return absl::InvalidArgumentError(
+        "hybrid pool_heads needs the keys summary (bounds do not compare across heads)");
   }
   if (top_k < 0) {
     return absl::InvalidArgumentError(absl::StrCat("quantkv top-k must be >= 0, got ", top_k));

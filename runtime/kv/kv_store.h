@@ -64,7 +64,8 @@ struct TierStats {
 //    block's approximate attention from `key_bits` quantized keys on the
 //    coordinator (KeyCache, as quantkv's); kBounds, per-channel key min/max
 //    (kernels/key_summary.h, Quest's), an upper bound of the block's best
-//    score.
+//    score. With `pool_heads` the budget is the layer's, shared by its kv
+//    heads.
 //  - quantkv (HCAttention): keys quantized to `key_bits` on the coordinator
 //    (KeyCache) score every token; per kv head the sinks and the window plus
 //    the tokens whose approximate attention covers `tau` of the mass outside
@@ -89,6 +90,13 @@ struct AttentionPolicy {
   // the block lives (0: whole blocks).
   int32_t token_top_k = 0;
   BlockSummary summary = BlockSummary::kKeys;  // hybrid
+  // hybrid with kKeys: a layer's kv heads share their budgets (HGCA's
+  // per-head sparsity): the best blocks of any head are taken until the
+  // heads' budgets together are spent, so a head whose attention sits in
+  // few blocks leaves budget to one whose attention is spread out. A
+  // block's key score is its share of its head's attention, so scores
+  // compare across heads (bounds do not).
+  bool pool_heads = false;
 
   // "exact", "hybrid(budget=0.25, summary=keys, key_bits=4, window=512,
   // sinks=4)" or "quantkv(kv_budget=0.25, tau=0.9, top_k=0, key_bits=4,

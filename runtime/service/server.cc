@@ -119,6 +119,14 @@ absl::StatusOr<std::optional<kv::AttentionPolicy>> PolicyFrom(const v1::Policy& 
       s = whole(&out.top_k);
     } else if (key == "token_top_k") {
       s = whole(&out.token_top_k);
+    } else if (key == "pool_heads") {
+      int32_t pool = 0;
+      s = whole(&pool);
+      if (s.ok() && pool != 0 && pool != 1) {
+        s = absl::InvalidArgumentError(
+            absl::StrCat("policy param pool_heads='", value, "' must be 0 or 1"));
+      }
+      out.pool_heads = pool == 1;
     } else if (key == "key_bits") {
       s = whole(&out.key_bits);
     } else if (key == "window") {
@@ -128,8 +136,8 @@ absl::StatusOr<std::optional<kv::AttentionPolicy>> PolicyFrom(const v1::Policy& 
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown policy param '", key,
-                       "' (budget, kv_budget, summary, token_top_k, tau, top_k, key_bits, window, "
-                       "sinks)"));
+                       "' (budget, kv_budget, summary, pool_heads, token_top_k, tau, top_k, "
+                       "key_bits, window, sinks)"));
     }
     if (!s.ok()) return s;
   }

@@ -36,8 +36,9 @@ namespace headwise::service {
 // A request's attention policy: an empty name is the server's (nullopt);
 // else exact, hybrid or quantkv with params budget (hybrid: fraction
 // attended; quantkv: of the KV kept; kv_budget is its alias), token_top_k
-// (hybrid), tau, top_k, key_bits, window, sinks, each a number, and summary
-// (hybrid: keys or bounds); unset knobs take kv::AttentionPolicy's defaults.
+// and pool_heads (0 or 1; hybrid), tau, top_k, key_bits, window, sinks, each
+// a number, and summary (hybrid: keys or bounds); unset knobs take
+// kv::AttentionPolicy's defaults.
 absl::StatusOr<std::optional<kv::AttentionPolicy>> PolicyFrom(const v1::Policy& policy);
 
 // Sampling fields and policy -> engine options; proto3 zeros mean "default".

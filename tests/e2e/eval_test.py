@@ -1,9 +1,9 @@
 """`headwise eval` end to end on the real model, small: two passkey cells
 and one position band, with exact, policies whose budgets cover everything
-(hybrid ranked by keys and by bounds, quantkv), which must answer exactly
-like exact (same answers, top-1 agreement 1, KL ~0), and quarter budgets;
-the JSON has what scripts/fidelity-report reads, and the report renders
-from it. Exits 77 (skip) without the model."""
+(hybrid ranked by keys, by bounds, with pooled heads; quantkv), which must
+answer exactly like exact (same answers, top-1 agreement 1, KL ~0), and
+quarter budgets; the JSON has what scripts/fidelity-report reads, and the
+report renders from it. Exits 77 (skip) without the model."""
 import json
 import os
 import subprocess
@@ -23,7 +23,7 @@ def main():
         return 77
     tmp = tempfile.mkdtemp(prefix="headwise-eval-")
     out = f"{tmp}/eval.json"
-    policies = "exact,hybrid@1,quantkv@1,hybrid@0.25,quantkv@0.25,hybrid:bounds@1"
+    policies = "exact,hybrid@1,quantkv@1,hybrid@0.25,quantkv@0.25,hybrid:bounds@1,hybrid:pooled@1"
     r = run(a.headwise, "eval", "-m", a.model, "--lengths", "768", "--depths", "2",
             "--band-starts", "300", "--band-tokens", "6", "--kv-block", "32",
             "--window-tokens", "64", "--quantkv-tau", "1", "--policies", policies, "-o", out)
@@ -39,8 +39,9 @@ def main():
           all(600 < c["prompt_tokens"] <= 768 for c in cells), str([c["prompt_tokens"] for c in cells]))
     check("exact finds both keys", all(c["results"]["exact"]["correct"] for c in cells),
           str([c["results"]["exact"]["answer"] for c in cells]))
+    full = ("hybrid@1", "quantkv@1", "hybrid:bounds@1", "hybrid:pooled@1")
     same = all(c["results"][p]["answer"] == c["results"]["exact"]["answer"]
-               for c in cells for p in ("hybrid@1", "quantkv@1", "hybrid:bounds@1"))
+               for c in cells for p in full)
     check("budgets covering everything answer exactly like exact", same,
           str([{k: v["answer"] for k, v in c["results"].items()} for c in cells]))
     quarter = cells[0]["results"]["hybrid@0.25"]
@@ -49,7 +50,7 @@ def main():
     rows = d["bands"]["rows"]
     check("one band; full budgets agree on every token with KL ~0",
           len(rows) == 1 and all(rows[0]["top1"][p] == 1 and rows[0]["kl"][p] < 1e-6
-                                 for p in ("hybrid@1", "quantkv@1", "hybrid:bounds@1")), str(rows))
+                                 for p in full), str(rows))
     r = subprocess.run(["/usr/bin/python3", REPORT, out, "--out-dir", tmp, "--md",
                         f"{tmp}/FIDELITY.md"], capture_output=True, text=True, timeout=120)
     check("scripts/fidelity-report renders it", r.returncode == 0 and
