@@ -46,7 +46,8 @@ struct DecodeRow {
   int32_t sealed = 0;
 };
 
-// hybrid: blocks (sinks', window's, best summaries) within the budget; with
+// hybrid: blocks (sinks', window's, best summaries) within the budget (per
+// kv head, or shared by the layer's heads with pool_heads); with
 // token_top_k, the chosen ones narrowed to their best tokens (selection).
 void SelectHybrid(const kv::KvStore& store, const DecodeRow& row, std::vector<HeadLists>& lists,
                   std::vector<HeadLists>& disk, Selection* selection, StreamStats* stats);
