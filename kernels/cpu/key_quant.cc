@@ -89,6 +89,18 @@ namespace {
 
 constexpr int32_t kMaxDim = 256, kMaxQ = 64;
 
+// Per query and group, the sum of its values (the zero's weight).
+using GroupSums = float[kMaxQ][kMaxDim];
+void SumGroups(const KeyQuantFormat& f, const float* q, int32_t n_q, GroupSums& sums) {
+  for (int32_t j = 0; j < n_q; ++j) {
+    for (int32_t g = 0; g < f.Groups(); ++g) {
+      float sum = 0;
+      for (int32_t i = 0; i < f.group; ++i) sum += q[j * f.dim + g * f.group + i];
+      sums[j][g] = sum;
+    }
+  }
+}
+
 #if defined(__x86_64__)
 // 4-bit codes, groups of a multiple of 16 values: each 8 bytes of a row (16
 // codes, low nibbles the even values) become two vectors of 8 floats, and
@@ -100,18 +112,14 @@ __attribute__((target("avx2,fma"))) void Scores4BitAvx2(const KeyQuantFormat& f,
   constexpr int32_t kMaxChunks = kMaxDim / 16;
   const int32_t groups = f.Groups(), chunks = f.dim / 16, chunks_per_group = f.group / 16;
   alignas(32) float q_even[kMaxQ][kMaxChunks][8], q_odd[kMaxQ][kMaxChunks][8];
-  float q_sums[kMaxQ][kMaxDim / 16];
+  GroupSums q_sums;
+  SumGroups(f, q, n_q, q_sums);
   for (int32_t j = 0; j < n_q; ++j) {
     for (int32_t c = 0; c < chunks; ++c) {
       for (int32_t i = 0; i < 8; ++i) {
         q_even[j][c][i] = q[j * f.dim + 16 * c + 2 * i];
         q_odd[j][c][i] = q[j * f.dim + 16 * c + 2 * i + 1];
       }
-    }
-    for (int32_t g = 0; g < groups; ++g) {
-      float sum = 0;
-      for (int32_t i = 0; i < f.group; ++i) sum += q[j * f.dim + g * f.group + i];
-      q_sums[j][g] = sum;
     }
   }
   const __m128i low_nibbles = _mm_set1_epi8(0x0F);
@@ -164,15 +172,8 @@ void QuantizedKeyScoresMulti(const KeyQuantFormat& f, const float* q, int32_t n_
 #endif
   constexpr int32_t kLanes = 8;
   const int32_t groups = f.Groups(), levels = (1 << f.bits) - 1, per_byte = 8 / f.bits;
-  // Per query and group, the sum of its values (the zero's weight).
-  float q_sums[kMaxQ][kMaxDim];
-  for (int32_t j = 0; j < n_q; ++j) {
-    for (int32_t g = 0; g < groups; ++g) {
-      float sum = 0;
-      for (int32_t i = 0; i < f.group; ++i) sum += q[j * f.dim + g * f.group + i];
-      q_sums[j][g] = sum;
-    }
-  }
+  GroupSums q_sums;
+  SumGroups(f, q, n_q, q_sums);
   // Codes as floats, one byte's worth at a time from a table.
   float table[256][4];
   for (int32_t byte = 0; byte < 256; ++byte) {

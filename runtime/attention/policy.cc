@@ -157,8 +157,8 @@ void SelectHybrid(const kv::KvStore& store, const DecodeRow& row, std::vector<He
   RunPerHead(store, score);
 
   // Choosing: the best candidates until the budget is spent.
-  std::vector<int64_t> narrowed(static_cast<size_t>(heads),
-                                0);  // tokens the token top-k leaves out
+  // Per head, the tokens the token top-k leaves out of chosen blocks.
+  std::vector<int64_t> narrowed(static_cast<size_t>(heads), 0);
   auto choose = [&](std::vector<Candidate>& pool, int64_t limit, int64_t spent) {
     std::stable_sort(pool.begin(), pool.end(),
                      [](const Candidate& x, const Candidate& y) { return x.score > y.score; });
